@@ -350,11 +350,11 @@ def without_material(key: Key, material_id: str | None = None) -> Key:
     )
 
 
-async def expire_material(svc: KmsService, key: Key) -> Key:
-    """Delete each material whose ValidTo passed (one `DeleteExpiredKeyMaterial` service event
-    each, at its ValidTo, whenever the tick came)."""
+async def expire_material(svc: KmsService, key: Key, by: datetime | None = None) -> Key:
+    """Delete each material whose ValidTo passed by `by` (by default now): one
+    `DeleteExpiredKeyMaterial` service event each, at its ValidTo, whenever the tick came."""
     expired = key
-    gone = sorted(_expired(key, svc.now()), key=lambda m: m.valid_to or svc.now())
+    gone = sorted(_expired(key, by or svc.now()), key=lambda m: m.valid_to or svc.now())
     for material in gone:  # each event written with the deletion it records (service_events.py)
         expired = without_material(expired, material.material_id)
         details = {"keyId": key.key_id, "keyMaterialId": material.material_id}

@@ -41,6 +41,7 @@ async def apply_due(svc: KmsService, key: Key) -> Key | None:
         if current is None:
             return None
         if (deletion_date := _deletion_due(current, now)) is not None:
+            current = await _expire_before(svc, current, deletion_date)
             await _delete_due(svc, current, deletion_date)
             return None
         current = await service_events.record_owed(svc, current)  # a change of an earlier tick or call
@@ -55,6 +56,17 @@ async def apply_due(svc: KmsService, key: Key) -> Key | None:
         while _rotation_due(current, now):
             current = await rotate_key(svc, current, "AUTOMATIC", current.next_rotation_date)
         return current
+
+
+async def _expire_before(svc: KmsService, key: Key, deletion_date: datetime) -> Key:
+    """`key` without the imported material that expired while it waited for deletion, each with its
+    DeleteExpiredKeyMaterial (at its ValidTo, before the DeleteKey): a tick late for both (the node
+    was down, a dev clock moved on) recorded the deletion alone. Material that would have expired
+    after it goes with the key, unrecorded, as it would have; none once the key's DeleteKey is
+    written on it (by an earlier tick, whose deletion this finishes)."""
+    if service_events.owes_event(key, "DeleteKey") or not material_expired(key, deletion_date):
+        return key
+    return await expire_material(svc, key, deletion_date)
 
 
 async def _delete_due(svc: KmsService, key: Key, deletion_date: datetime) -> None:

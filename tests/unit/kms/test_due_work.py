@@ -218,6 +218,39 @@ async def test_an_expiry_whose_event_was_refused_after_its_write_is_recorded_by_
     assert meta["KeyState"] == "PendingImport" and imported["KeyMaterialId"] == meta["CurrentKeyMaterialId"]
 
 
+async def _imported_key_pending_deletion(service: KmsService, clock: ManualClock, expires_in_days: int) -> str:
+    """An EXTERNAL key whose material expires in `expires_in_days`, scheduled for deletion in 7 days."""
+    arn = str((await service.execute("CreateKey", _context(), {"Origin": "EXTERNAL"}))["KeyMetadata"]["Arn"])
+    parameters = await service.execute("GetParametersForImport", _context(), {
+        "KeyId": arn, "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_2048"})
+    await service.execute("ImportKeyMaterial", _context(), {
+        "KeyId": arn, "ImportToken": parameters["ImportToken"],
+        "EncryptedKeyMaterial": wrap(parameters["PublicKey"], "RSAES_OAEP_SHA_256", os.urandom(32)),
+        "ExpirationModel": "KEY_MATERIAL_EXPIRES", "ValidTo": clock.now() + timedelta(days=expires_in_days)})
+    await service.execute("ScheduleKeyDeletion", _context(), {"KeyId": arn, "PendingWindowInDays": 7})
+    return arn
+
+
+async def test_material_that_expired_while_its_key_awaited_deletion_is_recorded_by_a_late_tick(tmp_path: Path) -> None:
+    # A tick after both the material's ValidTo and the key's deletion date (the node was down, a dev
+    # clock moved on) recorded the DeleteKey alone: the expiry, done days before, was never in the trail.
+    spool, clock = _Spool(), ManualClock()
+    service = KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32))),
+                                     clock=clock, audit=spool, authorizer=spool))
+    expired_first = await _imported_key_pending_deletion(service, clock, expires_in_days=1)
+    deleted_first = await _imported_key_pending_deletion(service, clock, expires_in_days=10)
+    clock.advance(30 * DAY)
+    await service.run_due()
+
+    def service_events(arn: str) -> list[str]:
+        return [name for name, resources in spool.events
+                if resources == (arn,) and name in ("DeleteExpiredKeyMaterial", "DeleteKey")]
+
+    assert service_events(expired_first) == ["DeleteExpiredKeyMaterial", "DeleteKey"]
+    # Material that would expire after its key's deletion goes with the key, as it would have.
+    assert service_events(deleted_first) == ["DeleteKey"]
+
+
 async def test_a_call_meeting_due_work_whose_event_is_refused_is_told_which_event_not_a_request_it_never_made(
         tmp_path: Path) -> None:
     # The error named the RotateKey event's id as "request …": an id the caller never had.
