@@ -97,6 +97,7 @@ async def _delete_copies_now_due(svc: KmsService, changed: list[Key]) -> None:
     for copy in changed:
         current = await svc.store.get_key(copy.account, copy.region, copy.key_id)
         if current is not None and (deletion_date := _deletion_due(current, now)) is not None:
+            current = await _expire_before(svc, current, deletion_date)  # as apply_due deletes a key
             await _delete_due(svc, current, deletion_date)
 
 

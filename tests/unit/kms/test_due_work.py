@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -249,6 +249,44 @@ async def test_material_that_expired_while_its_key_awaited_deletion_is_recorded_
     assert service_events(expired_first) == ["DeleteExpiredKeyMaterial", "DeleteKey"]
     # Material that would expire after its key's deletion goes with the key, as it would have.
     assert service_events(deleted_first) == ["DeleteKey"]
+
+
+async def _import(service: KmsService, context: CallContext, key_id: str, material: bytes,
+                  valid_to: datetime | None = None) -> None:
+    """Import `material` into the copy of `key_id` in the context's Region, expiring at `valid_to`."""
+    parameters = await service.execute("GetParametersForImport", context, {
+        "KeyId": key_id, "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_2048"})
+    expiry = ({"ExpirationModel": "KEY_MATERIAL_EXPIRES", "ValidTo": valid_to} if valid_to
+              else {"ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"})
+    await service.execute("ImportKeyMaterial", context, {
+        "KeyId": key_id, "ImportToken": parameters["ImportToken"],
+        "EncryptedKeyMaterial": wrap(parameters["PublicKey"], "RSAES_OAEP_SHA_256", material), **expiry})
+
+
+async def test_a_primary_deleted_with_its_last_replica_first_records_the_expiry_of_its_material(
+        tmp_path: Path) -> None:
+    # The tick deleting the last replica deletes a primary whose own period has ended too, and must
+    # first record the expiry of its material (day 10; its deletion, day 14) as any late tick does.
+    # The replica is the copy made first (the primary moved), so the tick meets it first.
+    spool, clock = _Spool(), ManualClock()
+    service = KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32))),
+                                     clock=clock, audit=spool, authorizer=spool))
+    home, away = _context(), CallContext(principal=_context().principal, region="eu-west-2", request_id="req-2")
+    key_id = (await service.execute("CreateKey", home, {"Origin": "EXTERNAL", "MultiRegion": True}))[
+        "KeyMetadata"]["KeyId"]
+    material = os.urandom(32)
+    await _import(service, home, key_id, material)
+    await service.execute("ReplicateKey", home, {"KeyId": key_id, "ReplicaRegion": "eu-west-2"})
+    await _import(service, away, key_id, material, valid_to=clock.now() + timedelta(days=10))
+    await service.execute("UpdatePrimaryRegion", home, {"KeyId": key_id, "PrimaryRegion": "eu-west-2"})
+    await service.execute("ScheduleKeyDeletion", away, {"KeyId": key_id, "PendingWindowInDays": 7})
+    await service.execute("ScheduleKeyDeletion", home, {"KeyId": key_id, "PendingWindowInDays": 7})
+    clock.advance(30 * DAY)
+    await service.run_due()
+    primary = f"arn:aws:kms:eu-west-2:{ACCOUNT}:key/{key_id}"
+    events = [name for name, resources in spool.events
+              if resources == (primary,) and name in ("DeleteExpiredKeyMaterial", "DeleteKey")]
+    assert events == ["DeleteExpiredKeyMaterial", "DeleteKey"]
 
 
 async def test_a_call_meeting_due_work_whose_event_is_refused_is_told_which_event_not_a_request_it_never_made(
