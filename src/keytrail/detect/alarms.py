@@ -132,22 +132,27 @@ class Alarm:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Alarm:
-        """Read the JSON form back (alarms.jsonl, MQTT and webhook payloads)."""
+        """Read the JSON form back (alarms.jsonl, MQTT and webhook payloads); ValueError for a
+        document that is not one, a field of another type among them (epoch-millisecond times, as
+        the Avro form has them): taken as it came, it raised later, or went out as no alarm."""
+        details = doc.get("details") or {}
+        if not isinstance(details, Mapping) or not all(isinstance(v, str) for v in details.values()):
+            raise ValueError(f"details is not a map of strings: {details!r}")
         return cls(
-            doc["alarmId"],
-            doc["rule"],
+            _text(doc, "alarmId"),
+            _text(doc, "rule"),
             Severity(doc["severity"]),
-            doc.get("keyArn"),
-            doc.get("principalArn"),
-            doc.get("accountId"),
-            doc.get("region"),
-            _read_time(doc["firstSeen"]),
-            _read_time(doc["lastSeen"]),
+            _optional_text(doc, "keyArn"),
+            _optional_text(doc, "principalArn"),
+            _optional_text(doc, "accountId"),
+            _optional_text(doc, "region"),
+            _read_time(_text(doc, "firstSeen")),
+            _read_time(_text(doc, "lastSeen")),
             int(doc["count"]),
-            doc["summary"],
-            tuple(doc.get("eventIds") or ()),
-            doc["recommendation"],
-            MappingProxyType(dict(doc.get("details") or {})),
+            _text(doc, "summary"),
+            _texts(doc.get("eventIds") or []),
+            _text(doc, "recommendation"),
+            MappingProxyType(dict(details)),
         )
 
 
@@ -160,6 +165,24 @@ def format_time(moment: datetime) -> str:
 
 def _read_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _text(doc: Mapping[str, Any], name: str) -> str:
+    """The string field `name` of an alarm document (ValueError if it is anything else)."""
+    value = doc[name]
+    if not isinstance(value, str):
+        raise ValueError(f"{name} is not a string: {value!r}")
+    return value
+
+
+def _optional_text(doc: Mapping[str, Any], name: str) -> str | None:
+    return None if doc.get(name) is None else _text(doc, name)
+
+
+def _texts(values: Any) -> tuple[str, ...]:
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise ValueError(f"eventIds is not a list of strings: {values!r}")
+    return tuple(values)
 
 
 @dataclass(slots=True)

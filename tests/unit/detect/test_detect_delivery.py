@@ -156,6 +156,19 @@ async def test_a_line_cut_short_by_a_crash_is_skipped_and_the_next_alarm_starts_
     assert list(read_alarms(path).values()) == [alarm]
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("firstSeen", 1767225600000),  # epoch milliseconds, as the Avro form (Kafka) carries times
+    ("lastSeen", None), ("summary", 5), ("keyArn", ["k"]), ("eventIds", "e1"), ("details", {"keyCount": 3}),
+])
+def test_a_line_that_is_no_alarm_is_skipped_not_the_start_stopped(tmp_path: Path, field: str, value: Any) -> None:
+    # A line whose field had the wrong type (hand-edited, or alarms decoded from Kafka's Avro written
+    # back) raised at the start, so the detector, restarted again and again, sent no alarm at all.
+    path, alarm = tmp_path / "alarms.jsonl", sample_alarm()
+    line = json.dumps(alarm.to_json())
+    path.write_text(json.dumps(alarm.to_json() | {"alarmId": "other", field: value}) + "\n" + line + "\n")
+    assert list(read_alarms(path).values()) == [alarm]
+
+
 @pytest.mark.parametrize("away", ["moved", "deleted"])
 async def test_alarms_jsonl_moved_or_deleted_while_running_is_written_again(tmp_path: Path, away: str) -> None:
     # An operator rotating or clearing the file (logrotate, mv, rm) while the detector runs: the
