@@ -38,6 +38,7 @@ __all__ = [
     "billed_segments",
     "classed_requests",
     "cost_report",
+    "last_lifecycle_events",
     "lifecycle_events",
     "part_request_counts",
     "price_classes",
@@ -223,6 +224,15 @@ def _as_they_happened(events: list[tuple[datetime, str]]) -> list[tuple[datetime
             ordered.append(event)
             pending = event[1] == "ScheduleKeyDeletion" or (pending and event[1] not in _ENDS_PENDING)
     return ordered
+
+
+def last_lifecycle_events(lifecycle: pl.DataFrame) -> dict[str, str]:
+    """Each key's last lifecycle event (LIFECYCLE_EVENTS) as its storage is billed: the events of
+    one second in the order AWS allows (`_as_they_happened`), so that what follows a key's state
+    (the report's unused keys) agrees with its bill."""
+    events = _events_by_key(lifecycle.filter(pl.col("eventName").is_in(LIFECYCLE_EVENTS)))
+    return {key: _as_they_happened(sorted(pairs, key=_billing_order))[-1][1]
+            for key, pairs in events.items() if key is not None}
 
 
 _ENDS_PENDING = frozenset({"CreateKey", "ReplicateKey", "CancelKeyDeletion", "DeleteKey"})

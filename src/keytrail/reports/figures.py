@@ -7,7 +7,13 @@ from decimal import Decimal
 
 import polars as pl
 
-from keytrail.pipeline.cost import LIFECYCLE_EVENTS, MATERIAL_IMPORTED, classed_requests, cost_report, storage_events
+from keytrail.pipeline.cost import (
+    MATERIAL_IMPORTED,
+    classed_requests,
+    cost_report,
+    last_lifecycle_events,
+    storage_events,
+)
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, OpenEnd
 from keytrail.pipeline.usage import USAGE_SCHEMA
@@ -22,7 +28,6 @@ USAGE_FIELDS = ["keyArn", "eventName", "principalArn", "accountId", "count", "er
 COST_FIELDS = ["keyArn", "accountId", "keyMonths", "keyCost", "requests", "requestCost", "totalCost"]
 LAST_USED_FIELDS = ["keyArn", "lastUsedTime", "lastUsedOperation", "lastUsedPrincipalArn", "eventId"]
 
-_LIFECYCLE_ORDER = {name: rank for rank, name in enumerate(LIFECYCLE_EVENTS)}  # same-second ties, as cost.py
 _MONEY = pl.Decimal(38, 10)
 _ROW = Decimal("1e-10")
 PROJECTION_SCHEMA: dict[str, pl.DataType] = {
@@ -154,11 +159,12 @@ def _made(lifecycle: pl.DataFrame | None, as_of: datetime) -> pl.DataFrame:
 def keys_going(lifecycle: pl.DataFrame, as_of: datetime | None) -> list[str]:
     """Keys whose last lifecycle event before `as_of` is ScheduleKeyDeletion or DeleteKey: the
     cost model stops billing them there (pipeline/cost.py), and CancelKeyDeletion brings one back."""
-    events = lifecycle.filter(pl.col("eventName").is_in(LIFECYCLE_EVENTS))  # not the families seen
-    events = events if as_of is None else events.filter(pl.col("eventTime") < as_of)
-    order = pl.col("eventName").replace_strict(_LIFECYCLE_ORDER, default=-1)
-    last = events.sort("eventTime", order).group_by("keyArn").agg(pl.col("eventName").last())
-    return last.filter(pl.col("eventName").is_in(["ScheduleKeyDeletion", "DeleteKey"])).get_column("keyArn").to_list()
+    # The events of one second in the order AWS allows, as billed: in lifecycle order a deletion
+    # scheduled, cancelled and scheduled again within a second ended on the cancel, the key listed
+    # unused (one to delete) while its cost showed it pending deletion.
+    events = lifecycle if as_of is None else lifecycle.filter(pl.col("eventTime") < as_of)
+    last = last_lifecycle_events(events)
+    return sorted(key for key, name in last.items() if name in ("ScheduleKeyDeletion", "DeleteKey"))
 
 
 def _aws_managed(lifecycle: pl.DataFrame) -> list[str]:

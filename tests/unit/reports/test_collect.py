@@ -153,6 +153,22 @@ def test_keys_deleted_or_pending_deletion_are_not_marked_unused() -> None:
     assert unused == {gone: False, pending: False, cancelled: True, IDLE: True}
 
 
+def test_a_key_whose_deletion_was_scheduled_again_in_the_second_it_was_cancelled_is_not_marked_unused() -> None:
+    """Scheduled, cancelled and scheduled again in one second, a key is pending deletion, as the cost
+    table bills it (AWS cancels only a pending deletion and schedules only one not pending); taken in
+    lifecycle order the cancel came last, and the key was highlighted as one to delete."""
+    again, ever = key_arn("scheduled-again"), key_arn("pending-since-earlier")
+    events = [record("CreateKey", NOV - timedelta(days=60), key) for key in (again, ever, IDLE)]
+    events += [record("ScheduleKeyDeletion", NOV - timedelta(days=45), ever)]
+    when = NOV - timedelta(days=40)
+    events += [record(name, when, key) for key in (again, ever) for name in
+               (("ScheduleKeyDeletion", "CancelKeyDeletion", "ScheduleKeyDeletion") if key == again
+                else ("CancelKeyDeletion", "ScheduleKeyDeletion"))]
+    data = collect_sync(RecordsSource(events), ReportOptions(until=AS_OF, alarms=Path(__file__).with_name("none")))
+    assert dict(data.last_used.select("keyArn", "unused").iter_rows()) == {again: False, ever: False, IDLE: True}
+    assert data.projection.get_column("projectedKeyCost").sum() == 1  # November bills IDLE alone, as the table says
+
+
 def test_aws_managed_keys_are_not_marked_unused() -> None:
     """An AWS managed key costs nothing to keep and no one can delete it: as the unused-key rule
     skips it, the report does not highlight it as a key to delete."""
