@@ -222,6 +222,16 @@ CHECKED = [
         "it through).",
     ),
     (
+        "`CreateGrant` naming an operation more than once (`Operations: [\"Decrypt\", \"Encrypt\", \"Decrypt\"]`)",
+        "The model's `GrantOperationList` is bounded by the request's size only (256 KB: some 20,000 operations); "
+        "the API reference says nothing of an operation named twice. A grant allows a set of operations.",
+        "Each operation kept once, in the order first named (`ListGrants` shows `[\"Decrypt\", \"Encrypt\"]`), "
+        "and a retry by `Name` naming the same operations, in any order or repeated, returns the grant. The list "
+        "used to be kept as sent: a grant of 220 KB, a `ListGrants` page of 22 MB, 50,000 such grants (AWS's "
+        "quota a key) 11 GB of the node's memory. The audit record logs `operations` as sent, as CloudTrail logs "
+        "a request.",
+    ),
+    (
         "An alias name or alias ARN as the `KeyId` of an operation that takes a key id or key ARN only "
         "(`GetKeyPolicy`, `PutKeyPolicy`, `ListKeyPolicies`, `TagResource`, `UntagResource`, `ListResourceTags`, "
         "`CreateGrant`, `ListGrants`, `RevokeGrant`, `RetireGrant`, `ListAliases`, `EnableKey`, `DisableKey`, "

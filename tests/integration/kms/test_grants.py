@@ -188,3 +188,18 @@ def test_a_grant_without_operations_is_refused(kms) -> None:
         "ValidationException", "1 validation error detected: Value '[]' at 'operations' failed to satisfy "
         "constraint: Member must have length greater than or equal to 1", 400)
     assert kms.list_grants(KeyId=key_id)["Grants"] == []
+
+
+def test_a_grant_holds_each_of_its_operations_once(kms) -> None:
+    # A grant allows a set of operations: one named twice allows nothing more. Kept as sent, a
+    # CreateGrant naming one operation 20,000 times (the model bounds the list by the request's
+    # size only) made a grant of 220 KB, each ListGrants page of them 22 MB, and 50,000 of them
+    # (AWS's quota a key) 11 GB of the node's memory.
+    key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+    grant_id = kms.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Decrypt", "Encrypt", "Decrypt"],
+                                Name="twice")["GrantId"]
+    assert kms.list_grants(KeyId=key_id)["Grants"][0]["Operations"] == ["Decrypt", "Encrypt"]
+    retried = kms.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Encrypt", "Decrypt"], Name="twice")
+    assert retried["GrantId"] == grant_id  # the same request: a retry by Name returns the grant
+    many = kms.create_grant(KeyId=key_id, GranteePrincipal=BOB, Operations=["Encrypt"] * 20_000)["GrantId"]
+    assert kms.list_grants(KeyId=key_id, GrantId=many)["Grants"][0]["Operations"] == ["Encrypt"]
