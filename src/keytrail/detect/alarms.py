@@ -135,6 +135,8 @@ class Alarm:
         """Read the JSON form back (alarms.jsonl, MQTT and webhook payloads); ValueError for a
         document that is not one, a field of another type among them (epoch-millisecond times, as
         the Avro form has them): taken as it came, it raised later, or went out as no alarm."""
+        if not isinstance(doc, Mapping):
+            raise ValueError(f"not a JSON object: {doc!r}")
         details = doc.get("details") or {}
         if not isinstance(details, Mapping) or not all(isinstance(v, str) for v in details.values()):
             raise ValueError(f"details is not a map of strings: {details!r}")

@@ -169,6 +169,12 @@ def test_a_line_that_is_no_alarm_is_skipped_not_the_start_stopped(tmp_path: Path
     assert list(read_alarms(path).values()) == [alarm]
 
 
+def test_lines_that_are_no_json_object_are_skipped(tmp_path: Path) -> None:
+    path, alarm = tmp_path / "alarms.jsonl", sample_alarm()
+    path.write_text("".join(f"{junk}\n" for junk in ("true", "5", "[]", '"text"', "null")) + json.dumps(alarm.to_json()))
+    assert list(read_alarms(path).values()) == [alarm]
+
+
 @pytest.mark.parametrize("away", ["moved", "deleted"])
 async def test_alarms_jsonl_moved_or_deleted_while_running_is_written_again(tmp_path: Path, away: str) -> None:
     # An operator rotating or clearing the file (logrotate, mv, rm) while the detector runs: the
