@@ -171,7 +171,8 @@ def test_a_line_that_is_no_alarm_is_skipped_not_the_start_stopped(tmp_path: Path
 
 def test_lines_that_are_no_json_object_are_skipped(tmp_path: Path) -> None:
     path, alarm = tmp_path / "alarms.jsonl", sample_alarm()
-    path.write_text("".join(f"{junk}\n" for junk in ("true", "5", "[]", '"text"', "null")) + json.dumps(alarm.to_json()))
+    junk = ("true", "5", "[]", '"text"', "null")
+    path.write_text("".join(f"{line}\n" for line in junk) + json.dumps(alarm.to_json()))
     assert list(read_alarms(path).values()) == [alarm]
 
 
