@@ -190,7 +190,7 @@ def token_id_of(token: bytes) -> str:
 def token_valid_to(token: bytes) -> datetime | None:
     """The ValidTo the token carries (None for a token made before tokens carried it). Not
     authenticated: it only tells an expired token from an unknown one once the store has
-    purged the parameters the token names (the store keeps them a day past their ValidTo)."""
+    purged the parameters the token names (the scheduler's tick deletes them once expired)."""
     millis = _token_parts(token)[1]
     if not millis:
         return None

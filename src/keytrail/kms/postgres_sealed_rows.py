@@ -4,7 +4,7 @@ private key, the key store's password) are sealed under the root key.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keystores import CustomKeyStore
@@ -31,6 +31,13 @@ class PostgresSealedRows(PostgresStoreBase):
             await writer.delete(IMPORT_PARAMETERS, "valid_to < $1", (stale,))
             await writer.put(IMPORT_PARAMETERS, (parameters.token_id,), UPSERT_IMPORT,
                              (parameters.token_id, parameters.valid_to.isoformat(), doc))
+
+    async def delete_expired_import_parameters(self, now: datetime) -> None:
+        expired = (now.isoformat(),)
+        # Looked for first: a tick with nothing to delete writes nothing (and no ledger entry).
+        if await self._rows("SELECT 1 FROM kms_import_parameters WHERE valid_to < $1 LIMIT 1", *expired):
+            async with self._ledgered() as writer:
+                await writer.delete(IMPORT_PARAMETERS, "valid_to < $1", expired)
 
     async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
         rows = await self._rows("SELECT token_id, doc FROM kms_import_parameters WHERE token_id=$1", token_id)

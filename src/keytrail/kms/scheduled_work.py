@@ -7,7 +7,9 @@ calls' changes still owe and the extensions' upkeep (`run_due`).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from keytrail.kms import errors, multiregion, owed_calls, service_events
@@ -121,11 +123,13 @@ async def run_due(svc: KmsService) -> None:
 
 
 async def _run_tick_work(svc: KmsService) -> None:
-    """Run each `tick_work`; a failure is logged when its reason changes, not raised: it comes
-    after the due work was done and recorded, and failing serve's start then had the failed
-    start remove the digests signing those records (cli/serve.py), leaving the trail unusable."""
+    """Run each `tick_work`, after dropping the expired import parameters; a failure is logged
+    when its reason changes, not raised: it comes after the due work was done and recorded, and
+    failing serve's start then had the failed start remove the digests signing those records
+    (cli/serve.py), leaving the trail unusable."""
     failure = None
-    for work in svc.tick_work:
+    works: list[Callable[[], Awaitable[None]]] = [partial(_drop_expired_import_parameters, svc), *svc.tick_work]
+    for work in works:
         try:
             await work()
         except Exception as exc:
@@ -135,6 +139,15 @@ async def _run_tick_work(svc: KmsService) -> None:
                 log.error("scheduled upkeep failed (tried again at each tick, said again only when the "
                           "reason changes): %s", failure, exc_info=None if expected else exc)
     svc.due_work.tick_work_failure = failure
+
+
+async def _drop_expired_import_parameters(svc: KmsService) -> None:
+    """Delete GetParametersForImport's wrapping keys once their import token expired: no import
+    takes the token then (ExpiredImportTokenException, which the token's own ValidTo tells), and a
+    wrapping key kept would still unwrap a copy of the EncryptedKeyMaterial sent with it, material
+    deleted since included. They used to stay until a later GetParametersForImport, a day on at the
+    soonest, and for good on a node that got none."""
+    await svc.store.delete_expired_import_parameters(svc.now())
 
 
 def _rotation_due(key: Key, now: datetime) -> bool:

@@ -5,7 +5,7 @@ from the file as a call needs them, custom key stores from memory, like keys.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from keytrail.kms.authentic_docs import DocumentRefused, refused_call, verify
 from keytrail.kms.importing import ImportParameters
@@ -28,6 +28,12 @@ class SqliteSealedRows(SqliteStoreBase):
         doc = self._doc(IMPORT_PARAMETERS, row, import_parameters_to_doc(parameters, self._root))
         self._write([Delete(IMPORT_PARAMETERS, "valid_to < ?", (stale,)),
                      Put(IMPORT_PARAMETERS, row, (*row, parameters.valid_to.isoformat(), doc))])
+
+    async def delete_expired_import_parameters(self, now: datetime) -> None:
+        expired = (now.isoformat(),)
+        # Looked for first: a tick with nothing to delete writes nothing (and no ledger entry).
+        if self._db.execute("SELECT 1 FROM import_parameters WHERE valid_to < ? LIMIT 1", expired).fetchone():
+            self._write([Delete(IMPORT_PARAMETERS, "valid_to < ?", expired)])
 
     async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
         found = self._db.execute("SELECT doc FROM import_parameters WHERE token_id=?", (token_id,)).fetchone()

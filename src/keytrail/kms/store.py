@@ -133,6 +133,9 @@ class ImportStore(Protocol):
 
     async def put_import_parameters(self, parameters: ImportParameters) -> None: ...
     async def get_import_parameters(self, token_id: str) -> ImportParameters | None: ...
+    async def delete_expired_import_parameters(self, now: datetime) -> None:
+        """Delete the parameters whose import token expired before `now` (the scheduler's tick)."""
+        ...
 
 
 class CustomKeyStoreStore(Protocol):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -24,6 +25,7 @@ from keytrail.kms.postgres_store import PostgresStore, StoreBusy
 from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Alias
+from tests.support.store_documents import TOKEN
 from tests.support.waits import eventually
 
 pytestmark = pytest.mark.integration
@@ -269,3 +271,17 @@ async def test_keys_are_counted_per_account_and_region_across_nodes_for_the_keys
         4, 4, 1, 1]
     for node in (east, also_east):
         await node.store.close()
+
+
+async def test_expired_import_parameters_are_deleted_and_the_ledger_still_checks(dsn: str) -> None:
+    # The scheduler's tick deletes a wrapping key once its token expired (kms/scheduled_work.py).
+    store = await PostgresStore.connect(dsn, RootKey(os.urandom(32)))
+    expired = replace(TOKEN, token_id="e0" * 32)
+    valid = replace(TOKEN, token_id="e1" * 32, valid_to=TOKEN.valid_to + timedelta(days=1))
+    await store.put_import_parameters(expired)
+    await store.put_import_parameters(valid)
+    await store.delete_expired_import_parameters(TOKEN.valid_to + timedelta(seconds=1))
+    assert await store.get_import_parameters(expired.token_id) is None
+    assert await store.get_import_parameters(valid.token_id) == valid
+    assert await store.check_ledger()
+    await store.close()

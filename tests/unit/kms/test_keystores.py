@@ -13,7 +13,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from keytrail.clock import ManualClock
 from keytrail.kms import errors
+from keytrail.kms.context import CallContext, Principal
 from keytrail.kms.hsm import TOKENS_ENV, token_label
 from keytrail.kms.hsm_derivation import derivation_data
 from keytrail.kms.importing import (
@@ -32,6 +34,7 @@ from keytrail.kms.model import KeySpec, Origin
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.shared_tokens import connected_after_another
 from keytrail.kms.sqlite_store import SqliteStore
+from tests.support.ledger_calls import service_over
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 ROOT = RootKey(os.urandom(32))
@@ -71,6 +74,30 @@ async def test_store_rows_keep_their_secrets_sealed(tmp_path: Path) -> None:
     assert await reopened.list_custom_key_stores("111122223333", "us-east-1") == []
     assert await reopened.all_custom_key_stores() == [elsewhere]
     assert "kmsuser-secret-pin" not in repr(cks) and "kmsuser" not in repr(cks)
+
+
+async def test_the_scheduler_tick_drops_the_wrapping_keys_of_expired_import_tokens(tmp_path: Path) -> None:
+    # They stayed sealed in keys.db until a later GetParametersForImport, a day after at the soonest
+    # and for good without one: each still unwrapped a copy of the EncryptedKeyMaterial sent with it.
+    clock = ManualClock()
+    store = SqliteStore(tmp_path / "keys.db", ROOT)
+    service = service_over(store, clock)
+    context = CallContext(Principal.account_root("111122223333", "AKIAROOT000000000001"), "us-east-1", "req-1")
+    key_id = (await service.execute("CreateKey", context, {"Origin": "EXTERNAL"}))["KeyMetadata"]["KeyId"]
+    parameters = await service.execute("GetParametersForImport", context, {
+        "KeyId": key_id, "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_2048"})
+    token_id = token_id_of(parameters["ImportToken"])
+    clock.advance(24 * 3600 - 1)
+    await service.run_due()
+    assert await store.get_import_parameters(token_id) is not None  # the token is still good
+    clock.advance(2)
+    await service.run_due()
+    assert await store.get_import_parameters(token_id) is None
+    with pytest.raises(errors.ExpiredImportTokenException):  # as its own ValidTo says
+        await service.execute("ImportKeyMaterial", context, {
+            "KeyId": key_id, "ImportToken": parameters["ImportToken"], "EncryptedKeyMaterial": os.urandom(256),
+            "ExpirationModel": "KEY_MATERIAL_DOES_NOT_EXPIRE"})
+    await store.close()
 
 
 def test_import_token_names_only_its_parameters() -> None:

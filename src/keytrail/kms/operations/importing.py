@@ -135,9 +135,9 @@ async def _parameters_for(svc: KmsService, key: Key, token: bytes) -> ImportPara
 
 
 def _refuse_unknown_token(svc: KmsService, token: bytes) -> NoReturn:
-    """A token naming no stored parameters: expired if its own ValidTo has passed (the store
-    purges parameters a day after they expire, AWS's token says when it expires whatever its
-    age), else invalid."""
+    """A token naming no stored parameters: expired if its own ValidTo has passed (the scheduler's
+    tick deletes parameters once they expire, AWS's token says when it expires whatever its age),
+    else invalid."""
     valid_to = token_valid_to(token)
     if valid_to is not None and valid_to <= svc.now():
         raise errors.ExpiredImportTokenException("The import token has expired.")
