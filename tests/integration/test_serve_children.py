@@ -148,6 +148,24 @@ def test_last_usage_of_a_key_made_after_tracking_began_is_tracked_from_its_creat
     assert answer["TrackingStartDate"] == answer["KeyCreationDate"] == later["CreationDate"]
 
 
+def test_last_usage_on_a_node_whose_consumer_counted_nothing_yet_names_a_tracking_start(
+        server: KeytrailServer) -> None:
+    """Every call is in the node's audit log from the key's creation on: with nothing counted yet
+    (a new node's first seconds) GetKeyLastUsage still answers its TrackingStartDate, the key's
+    creation, where it left the member out and `response["TrackingStartDate"]` failed."""
+    assert server.proc is not None
+    consumer = _children(server.proc.pid)["consumer"]
+    os.kill(consumer, signal.SIGSTOP)  # counts nothing meanwhile
+    try:
+        alice = server.client("alice")
+        made = alice.create_key()["KeyMetadata"]
+        answer = alice.get_key_last_usage(KeyId=made["Arn"])
+    finally:
+        os.kill(consumer, signal.SIGCONT)
+    assert answer["KeyLastUsage"] == {}
+    assert answer["TrackingStartDate"] == answer["KeyCreationDate"] == made["CreationDate"]
+
+
 def _detector_lag(server: KeytrailServer) -> float:
     [line] = [line for line in server.get("/metrics")[1].decode().splitlines()
               if line.startswith('keytrail_detector_lag{partition="segment-log"} ')]

@@ -21,9 +21,8 @@ async def get_key_last_usage(svc: KmsService, call: Call) -> Response:
     if source is None:
         raise errors.UnsupportedOperationException("Key usage tracking is not running on this node.")
     tracking_start, last = source.last_usage(key.arn)
-    response: Response = {"KeyId": key.arn, "KeyCreationDate": key.creation_date}
-    if tracking_start is not None:
-        response["TrackingStartDate"] = _tracking_start_of(key.creation_date, tracking_start)
+    response: Response = {"KeyId": key.arn, "KeyCreationDate": key.creation_date,
+                          "TrackingStartDate": _tracking_start_of(key.creation_date, tracking_start)}
     # "If the key has not been used since tracking began, this response element is an empty object."
     response["KeyLastUsage"] = {} if last is None else {
         "Operation": last.operation, "Timestamp": last.timestamp, "CloudTrailEventId": last.event_id,
@@ -32,13 +31,15 @@ async def get_key_last_usage(svc: KmsService, call: Call) -> Response:
     return response
 
 
-def _tracking_start_of(created: datetime, tracking_start: datetime) -> datetime:
+def _tracking_start_of(created: datetime, tracking_start: datetime | None) -> datetime:
     """TrackingStartDate: "the date from which KMS began recording cryptographic activity for this
     key, or the date the KMS key was created, whichever is later" (GetKeyLastUsage); a key made
-    after tracking began answered the node's tracking start, before the key existed."""
+    after tracking began answered the node's tracking start, before the key existed. With nothing
+    counted yet (None: a new node's first seconds) the key's creation: the node's audit log holds
+    its every call since, the consumer has only not read them yet."""
     def utc(moment: datetime) -> datetime:
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return max(utc(created), utc(tracking_start))
+    return utc(created) if tracking_start is None else max(utc(created), utc(tracking_start))
 
 
 OPERATIONS: dict[str, Operation] = {"GetKeyLastUsage": Operation(get_key_last_usage, read_only=True)}
