@@ -34,6 +34,7 @@ class SqliteSealedRows(SqliteStoreBase):
         # Looked for first: a tick with nothing to delete writes nothing (and no ledger entry).
         if self._db.execute("SELECT 1 FROM import_parameters WHERE valid_to < ? LIMIT 1", expired).fetchone():
             self._write([Delete(IMPORT_PARAMETERS, "valid_to < ?", expired)])
+            self._erase_freed()  # the wrapping keys gone from the files too, as deleted key material
 
     async def get_import_parameters(self, token_id: str) -> ImportParameters | None:
         found = self._db.execute("SELECT doc FROM import_parameters WHERE token_id=?", (token_id,)).fetchone()

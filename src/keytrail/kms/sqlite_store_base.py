@@ -21,7 +21,8 @@ __all__ = ["SqliteStoreBase"]
 
 class SqliteStoreBase(Protocol):
     """The store's connection, root key, refused rows, owed records and custom key stores in
-    memory, and its two ways to write (SqliteStore sets and defines them)."""
+    memory, its two ways to write, and the erasing of what a deletion freed (SqliteStore sets and
+    defines them)."""
 
     _db: sqlite3.Connection
     _root: RootKey
@@ -35,4 +36,9 @@ class SqliteStoreBase(Protocol):
 
     def _write(self, changes: Sequence[Change]) -> None:
         """Make `changes` in one transaction, with the records the task's call owes."""
+        ...
+
+    def _erase_freed(self) -> None:
+        """Empty into keys.db what a deletion freed (secure_delete zeroed it): now, or once the
+        reads of another process that keep it from completing end."""
         ...

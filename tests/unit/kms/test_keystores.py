@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import sqlite3
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,12 +89,16 @@ async def test_the_scheduler_tick_drops_the_wrapping_keys_of_expired_import_toke
     parameters = await service.execute("GetParametersForImport", context, {
         "KeyId": key_id, "WrappingAlgorithm": "RSAES_OAEP_SHA_256", "WrappingKeySpec": "RSA_2048"})
     token_id = token_id_of(parameters["ImportToken"])
+    with sqlite3.connect(tmp_path / "keys.db") as db:
+        (doc,) = db.execute("SELECT doc FROM import_parameters").fetchone()
+    sealed = json.loads(doc)["sealed"].encode()
     clock.advance(24 * 3600 - 1)
     await service.run_due()
     assert await store.get_import_parameters(token_id) is not None  # the token is still good
     clock.advance(2)
     await service.run_due()
     assert await store.get_import_parameters(token_id) is None
+    assert sealed not in b"".join(path.read_bytes() for path in tmp_path.iterdir())  # nor in freed space
     with pytest.raises(errors.ExpiredImportTokenException):  # as its own ValidTo says
         await service.execute("ImportKeyMaterial", context, {
             "KeyId": key_id, "ImportToken": parameters["ImportToken"], "EncryptedKeyMaterial": os.urandom(256),
