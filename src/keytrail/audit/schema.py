@@ -385,11 +385,17 @@ def event_time_millis(data: bytes) -> int:
         millis, _ = _read_long(data, position)
     except IndexError:
         raise SchemaError("a damaged event body of a known schema (cut short)") from None
+    if not _EARLIEST_MILLIS <= millis <= _LATEST_MILLIS:  # as decoding it whole would refuse it
+        raise SchemaError(f"a damaged event body of a known schema (eventTime {millis} ms is past a date's range)")
     return millis
 
 
 def _millis(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+# The times a record can hold: those of Python's datetime, years 1 to 9999.
+_EARLIEST_MILLIS, _LATEST_MILLIS = _millis(datetime.min.replace(tzinfo=UTC)), _millis(datetime.max.replace(tzinfo=UTC))
 
 
 def _leads_with(data: bytes, layout: _Layout) -> bool:
