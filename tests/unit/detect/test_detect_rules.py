@@ -43,6 +43,7 @@ enabled = false
     rule = rules["unauthorized-decrypt"]
     assert (rule.severity, rule.window) == (Severity.HIGH, timedelta(minutes=10))
     assert rule.severity_for(2) == "HIGH" and rule.severity_for(3) == "CRITICAL"
+    assert dict(rule.thresholds) == {Severity.CRITICAL: 3}  # the whole map replaced (docs/detection-rules.md)
     assert rule.param("allow_principals") == ["arn:aws:iam::*:role/scanner"]
     assert rule.param("suppress_aws_services") is True  # untouched parameters keep defaults
     assert not rules.enabled("usage-spike")
