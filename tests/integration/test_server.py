@@ -742,6 +742,23 @@ def test_expect_100_continue_is_answered_before_the_client_sends_its_body(server
         assert head.startswith(b"HTTP/1.1 200") and "now" in json.loads(answer)
 
 
+def test_a_call_sent_whole_then_half_closed_is_answered(server: KeytrailServer) -> None:
+    # `nc -N`, socat: the client closes its sending side once the request is out, and reads the
+    # answer; the node carried such a call out (and audited it) but closed without answering.
+    body = b'{"KeySpec": "SYMMETRIC_DEFAULT"}'
+    request = AWSRequest(method="POST", url=server.endpoint + "/", data=body, headers={
+        "X-Amz-Target": "TrentService.CreateKey", "Content-Type": "application/x-amz-json-1.1"})
+    SigV4Auth(Credentials("AKIAALICE000000000001", "alice-secret"), "kms", "us-east-1").add_auth(request)
+    headers = {"Host": f"127.0.0.1:{server.port}", **request.prepare().headers, "Content-Length": str(len(body))}
+    head = "POST / HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)
+        sock.shutdown(socket.SHUT_WR)
+        head, _, answer = b"".join(iter(lambda: sock.recv(65536), b"")).partition(b"\r\n\r\n")  # to its close
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(answer)["KeyMetadata"]["KeySpec"] == "SYMMETRIC_DEFAULT"
+
+
 def test_a_client_cannot_name_its_own_source_address(tmp_path: Path) -> None:
     """X-Forwarded-For from a direct client is ignored: the audit trail and aws:SourceIp get the
     connection's address. Only proxies named in FORWARDED_ALLOW_IPS may report another."""

@@ -45,6 +45,11 @@ or 400 of its own; the app counts its 413 in the same counter), by its answer's 
 that never got to the KMS app left no trace an operator could see. Counted as it is refused, not
 per request served.
 
+A client that closes its sending side once its requests are sent (a TCP half-close) still reads:
+those requests are answered, then the connection closes (`eof_received`). uvicorn took the
+half-close for the client gone and closed at once, so each such call was carried out, and
+audited, but its answer thrown away.
+
 And an answer sent before its request's body is read (413 for a body over the limit) on a
 connection that then closes waits for the rest of that body, read and thrown away, up to
 `DRAIN_BYTES` and within `REQUEST_SECONDS`: closed with the body still arriving, the connection
@@ -383,6 +388,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._head_refusal: _Refusal | None = None  # of a head refused as it ended (on_headers_complete)
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
+        self._sent_all = False  # the client closed its sending side (eof_received): it closes after the answers
         self._last: _Refusal | None = None  # of what follows the running request, sent after its answer
         self._draining = False  # answered and closing: the rest of its request's body is read and dropped
         self._drained = 0  # bytes of it read meanwhile
@@ -469,6 +475,21 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._deadline = None
         self._arriving = 0
         self._cancel_stalled()
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # uvicorn's says None; asyncio reads a bool
+        """The client closed its sending side (a TCP half-close: `shutdown(SHUT_WR)`, `nc -N`,
+        socat's default) after requests that arrived whole: they are answered, then the connection
+        closes, as the client sends no more; it still reads. uvicorn took the half-close for the
+        client gone, so asyncio closed the connection: each such call was carried out, and
+        audited, but its answer thrown away. A request still arriving can never end, and a
+        connection with nothing to answer has no more use: both close now, as before. Over TLS
+        the TLS layer closes the connection whatever is answered here (TlsHandshake)."""
+        cycle = self.cycle
+        answering = cycle is not None and not cycle.response_complete
+        if self._tls is not None or self._arriving or self._in_head or not answering:
+            return False  # closed: a request waiting for its body is told the client is gone
+        self._sent_all = True
+        return True
 
     def data_received(self, data: bytes) -> None:
         self._read_bytes = len(data)
@@ -580,6 +601,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         queued = bool(self.pipeline)
         super().on_response_complete()  # starts the next queued request
+        if self._sent_all and not queued:  # the client sends nothing more: its last answer is written
+            self.transport.close()
+            return
         if queued and not self.pipeline and self._arriving and self._deadline is not None:
             # The last one queued starts and its connection is read again: the rest of its body has
             # its whole time from now, not what is left of a deadline that ran while it waited.

@@ -355,6 +355,41 @@ async def test_a_connection_dropped_mid_request_leaves_nothing_behind_once_its_d
         server.should_exit = True
 
 
+async def _half_closed(port: int, sent: bytes) -> bytes:
+    """Send `sent`, close the sending side (`shutdown(SHUT_WR)`), and read until the server closes
+    or 2 s pass."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(sent)
+    writer.write_eof()
+    try:
+        return await asyncio.wait_for(reader.read(-1), 2.0)
+    except TimeoutError:
+        return b"<still open>"
+    finally:
+        writer.close()
+
+
+async def test_requests_sent_whole_before_a_half_close_are_answered_then_the_connection_closes() -> None:
+    # The client sends no more but still reads (`nc -N`, socat): the half-close was taken for the
+    # client gone, and each call was carried out with its answer thrown away.
+    server, port = await _serve(_slow_echo)
+    try:
+        request = HEAD + b"\r\n0123456789"
+        answer = await _half_closed(port, request + request)
+        assert answer.count(b"HTTP/1.1 200 ") == 2 and answer.endswith(b"{}")  # then closed, not kept alive
+    finally:
+        server.should_exit = True
+
+
+async def test_a_half_close_in_the_middle_of_a_body_closes_the_connection_and_nothing_runs() -> None:
+    server, port = await _serve_echo(seen := [])
+    try:
+        assert await _half_closed(port, HEAD + b"\r\nabc") == b""  # 3 of 10 bytes: the body can never end
+        await eventually(lambda: seen == ["disconnect"], what="the request told its client is gone")
+    finally:
+        server.should_exit = True
+
+
 async def test_requests_pipelined_faster_than_they_are_answered_are_not_read_ahead() -> None:
     async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
