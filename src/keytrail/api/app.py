@@ -314,10 +314,14 @@ class KmsApp:
             message = b'{"__type":"ValidationException","message":"The clock cannot move past the year 9999"}'
             await _respond(send, 400, message, b"application/json")
             return
-        if self.settings.on_clock_advanced:
-            await self.settings.on_clock_advanced()
-        await _respond(send, 200, orjson.dumps({"now": now.isoformat().replace("+00:00", "Z")}),
-                       b"application/json")
+        moved_to = now.isoformat().replace("+00:00", "Z")
+        try:
+            if self.settings.on_clock_advanced:
+                await self.settings.on_clock_advanced()
+        except errors.KmsError as exc:
+            await _respond(send, exc.status, _due_work_failed(moved_to, exc), b"application/json")
+            return
+        await _respond(send, 200, orjson.dumps({"now": moved_to}), b"application/json")
 
     # --- lifespan ----------------------------------------------------------------------------
 
@@ -417,6 +421,18 @@ async def _read_body(receive: Receive, limit: int, large: _LargeBodies | None = 
         if large is not None and held:
             large.release(held)
     return b"".join(chunks)
+
+
+def _due_work_failed(moved_to: str, exc: errors.KmsError) -> bytes:
+    """The answer to a dev-clock advance whose due work the key store or the audit spool refused
+    (a PostgreSQL store out of reach): the clock did move, so the answer names the new time, and
+    says how to run the work without moving it again. It was a bare 500 and a traceback in the
+    log, and a client that retried it moved the clock a second time. Logged in one line, as the
+    scheduler logs the refusals of its ticks."""
+    log.warning("the dev clock moved to %s, but the work it made due did not run: %s", moved_to, exc.message)
+    message = (f"The clock moved to {moved_to}, but the work it made due did not run ({exc.message}). "
+               "The scheduler runs it at its next tick; advance by 0 seconds to run it now.")
+    return orjson.dumps({"__type": exc.code, "message": message, "now": moved_to})
 
 
 def _body_too_large(limit: int) -> _BodyTooLarge:

@@ -11,6 +11,7 @@ import pytest
 from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
 from keytrail.clock import ManualClock
+from keytrail.kms import errors
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -55,3 +56,23 @@ async def test_any_other_client_gets_404_and_the_clock_stays(client: tuple[str, 
 
 async def test_without_the_dev_clock_the_endpoint_is_404() -> None:
     assert (await _advance(_app(None), ("127.0.0.1", 5000)))[0] == 404
+
+
+async def test_an_advance_whose_due_work_the_key_store_refuses_answers_the_new_time_and_why() -> None:
+    """The clock moved, the work it made due did not run (a PostgreSQL store out of reach): the
+    answer says both, in AWS's error shape, where it was a bare 500 and a traceback in the log
+    (and a client retrying it moved the clock a second time)."""
+    async def store_out_of_reach() -> None:
+        raise errors.KMSInternalException(
+            "The request was rejected because an internal exception occurred. The request can be retried.")
+
+    clock = ManualClock(START)
+    app = KmsApp(None, CredentialStore(None),  # type: ignore[arg-type]
+                 ApiSettings(dev_clock=clock, on_clock_advanced=store_out_of_reach))
+    status, answer = await _advance(app, ("127.0.0.1", 5000))
+    assert status == 500
+    assert answer["__type"] == "KMSInternalException"
+    assert answer["now"] == "2026-01-01T00:01:00Z"
+    assert answer["message"].startswith("The clock moved to 2026-01-01T00:01:00Z, but the work it made due did not run")
+    assert "advance by 0 seconds" in answer["message"]
+    assert clock.now() == datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
