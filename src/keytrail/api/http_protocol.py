@@ -528,10 +528,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes + self._read_bytes > HEAD_BYTES and _head_size(self.url, self.headers) > HEAD_BYTES:
             self._head_overflowed = True
             raise _HeadTooLarge  # httptools stops reading; uvicorn's send_400_response refuses it
-        self._head_refusal = _head_refusal(self.parser.should_upgrade(), self.headers, self.parser.get_http_version())
+        version = self.parser.get_http_version()
+        self._head_refusal = _head_refusal(self.parser.should_upgrade(), self.headers, version)
         if self._head_refusal is not None:  # before the app runs
             raise _HeadRefused
         self._in_head = False
+        if version == "1.0":
+            # RFC 9110 §10.1.1: a server MUST ignore a 100-continue expectation in an HTTP/1.0
+            # request. uvicorn answered it `HTTP/1.1 100 Continue`, which an HTTP/1.0 client,
+            # knowing no interim answers, read as the answer itself.
+            self.expect_100_continue = False
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

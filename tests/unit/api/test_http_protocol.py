@@ -390,6 +390,22 @@ async def test_a_half_close_in_the_middle_of_a_body_closes_the_connection_and_no
         server.should_exit = True
 
 
+async def test_an_http_1_0_request_expecting_100_continue_gets_its_answer_alone() -> None:
+    # RFC 9110 §10.1.1: the expectation is ignored in HTTP/1.0; an interim `100 Continue` before
+    # the answer is read by an HTTP/1.0 client as the answer itself.
+    server, port = await _serve_echo(seen := [])
+    try:
+        head = b"POST / HTTP/1.0\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 10\r\n\r\n"
+        answer = await _exchange(port, head, b"0123456789", pause=0.05)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"100 Continue" not in answer
+        assert seen == ["whole"]
+        head_1_1 = head.replace(b"HTTP/1.0", b"HTTP/1.1").replace(b"host: x", b"host: x\r\nconnection: close")
+        http_1_1 = await _exchange(port, head_1_1, b"0123456789", pause=0.05)
+        assert http_1_1.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 ")  # as before
+    finally:
+        server.should_exit = True
+
+
 async def test_requests_pipelined_faster_than_they_are_answered_are_not_read_ahead() -> None:
     async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
