@@ -277,7 +277,10 @@ def test_get_public_key_lists_usage_and_algorithms(kms) -> None:
     described = kms.get_public_key(KeyId=signing_key(kms, "RSA_2048"))
     assert described["KeyUsage"] == "SIGN_VERIFY" and described["KeySpec"] == "RSA_2048"
     assert described["CustomerMasterKeySpec"] == "RSA_2048"
-    assert len(described["SigningAlgorithms"]) == 6 and "EncryptionAlgorithms" not in described
+    assert described["SigningAlgorithms"] == [  # in AWS's order (botocore's DescribeKey example)
+        "RSASSA_PKCS1_V1_5_SHA_256", "RSASSA_PKCS1_V1_5_SHA_384", "RSASSA_PKCS1_V1_5_SHA_512",
+        "RSASSA_PSS_SHA_256", "RSASSA_PSS_SHA_384", "RSASSA_PSS_SHA_512"]
+    assert "EncryptionAlgorithms" not in described
     symmetric = kms.create_key()["KeyMetadata"]
     assert error_of(kms.get_public_key, KeyId=symmetric["KeyId"]) == (
         "UnsupportedOperationException",
