@@ -88,6 +88,20 @@ def test_head_answers_as_get_without_a_body(server: KeytrailServer, path: str) -
         connection.close()
 
 
+@pytest.mark.parametrize("path", ["/_keytrail/health", "/metrics"])
+def test_another_method_on_a_read_only_endpoint_is_not_allowed(server: KeytrailServer, path: str) -> None:
+    """The path exists: 405 naming the methods it takes, as consume's and detect's /metrics answer
+    (it was 404, 'is no keytrail endpoint')."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("DELETE", path)
+        answer = connection.getresponse()
+        assert (answer.status, answer.getheader("allow")) == (405, "GET, HEAD")
+        assert json.loads(answer.read()) == {"message": f"DELETE {path} is not allowed: it answers GET and HEAD"}
+    finally:
+        connection.close()
+
+
 def test_health_is_unhealthy_once_the_key_store_file_is_deleted_under_the_node(
         fresh_server: KeytrailServer) -> None:
     """Its writes would go on into the deleted file, where no restart reads them."""

@@ -175,6 +175,8 @@ class KmsApp:
             await _respond(send, 200, text, b"text/plain; version=0.0.4; charset=utf-8")
         elif method == "POST" and path == "/_keytrail/clock/advance" and self._clock_allowed(scope):
             await self._advance_clock(receive, send)
+        elif path == "/_keytrail/health" or (path == "/metrics" and self.settings.metrics):
+            await _not_allowed(method, path, send)
         else:
             await self._not_found(method, path, send)
 
@@ -445,3 +447,10 @@ async def _respond(
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _not_allowed(method: str, path: str, send: Send) -> None:
+    """405 naming the methods of a read-only endpoint (RFC 9110 §15.5.6), as `consume` and `detect`
+    answer at their /metrics: a 404 said the path was missing."""
+    body = orjson.dumps({"message": f"{method} {path} is not allowed: it answers GET and HEAD"})
+    await _respond(send, 405, body, b"application/json", [(b"allow", b"GET, HEAD")])
