@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote, unquote_to_bytes
 
 from keytrail.keyed_hash import KeyedSha256
 from keytrail.kms.errors import KmsError
@@ -266,10 +266,18 @@ class SigningKeys(dict[tuple[str, str, str], KeyedSha256]):
 
 
 def _canonical_query(query: str) -> str:
+    """SigV4's canonical query string: each name and value percent-encoded (its bytes as sent, `+`
+    a plus, not a space), the pairs sorted by the encoded name, then value. Decoded as a form, `%FF`
+    became U+FFFD and `a%3A` sorted after `a0`: a correctly signed request was refused."""
     if not query:  # every KMS call: the operation travels in X-Amz-Target, the input in the body
         return ""
-    pairs = sorted(parse_qsl(query, keep_blank_values=True))
-    return "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in pairs)
+    pairs = sorted((_encoded(name), _encoded(value))
+                   for name, _, value in (pair.partition("=") for pair in query.split("&") if pair))
+    return "&".join(f"{name}={value}" for name, value in pairs)
+
+
+def _encoded(part: str) -> str:
+    return quote(unquote_to_bytes(part), safe="-_.~")
 
 
 def _canonical_request(

@@ -158,8 +158,12 @@ def test_spacing_and_commas_between_parameters_do_not_matter(header: str) -> Non
     assert (signed.access_key_id, signed.signed_headers, signed.signature) == ("AKID", ("host", "x-amz-date"), "aa")
 
 
-def test_a_request_with_a_query_string_signs_it() -> None:
-    request = AWSRequest(method="POST", url="http://localhost:4599/?b=2&a=x%20y", data=b"{}",
+# The canonical query string as SigV4 makes it: each name and value percent-encoded as sent, the
+# pairs sorted by their encoded names. Decoded first, `a%3A` sorted after `a0`, `%FF` read as U+FFFD,
+# and the signature a botocore client made of them was refused.
+@pytest.mark.parametrize("query", ["b=2&a=x%20y", "a0=1&a%3A=2", "a=%FF", "c=&b&a=1"])
+def test_a_request_with_a_query_string_signs_it(query: str) -> None:
+    request = AWSRequest(method="POST", url=f"http://localhost:4599/?{query}", data=b"{}",
                          headers={"X-Amz-Target": "TrentService.ListKeys"})
     with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
         SigV4Auth(Credentials("AKIDEXAMPLE", "s3cret"), "kms", "eu-west-1").add_auth(request)
@@ -167,7 +171,7 @@ def test_a_request_with_a_query_string_signs_it() -> None:
     headers = {k.lower(): v for k, v in prepared.headers.items()}
     headers["host"] = "localhost:4599"
     signed = parse_authorization(headers["authorization"])
-    verify_signature(signed, SigningKeys("s3cret"), method="POST", path="/", query="b=2&a=x%20y", headers=headers,
+    verify_signature(signed, SigningKeys("s3cret"), method="POST", path="/", query=query, headers=headers,
                      body=b"{}", now=NOW)
     with pytest.raises(InvalidSignatureException):
         verify_signature(signed, SigningKeys("s3cret"), method="POST", path="/", query="", headers=headers,
