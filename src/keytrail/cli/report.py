@@ -49,7 +49,7 @@ def report_fail(message: str, code: int = 2) -> typer.Exit:
 
 def report(
     ctx: typer.Context,
-    out: Annotated[Path, path_option("--out", help="File to write.")],
+    out: Annotated[Path, path_option("--out", help="File to write (- for standard output).")],
     data_dir: Annotated[Path | None, path_option(
         "--data-dir", help="Node data dir: read its event log (default: keytrail-data, without --cloudtrail).")] = None,
     cloudtrail: Annotated[list[Path] | None, typer.Option(
@@ -72,6 +72,9 @@ def report(
     from keytrail.reports.collect import ReportOptions, collect_event_log
 
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail report")
+    to_stdout = str(out) == "-"
+    if to_stdout:  # as for most tools (`--out - --format csv | …`): it wrote a file named "-"
+        out = Path("/dev/stdout")  # written into as it is made, as any FIFO or device (reports/output.py)
     if data_dir is not None and cloudtrail:
         raise report_fail("give --data-dir or --cloudtrail, not both")
     _refuse_node_file(out, None if cloudtrail else data_dir or Path("keytrail-data"))
@@ -100,7 +103,8 @@ def report(
         raise report_fail("stopped (SIGTERM): no report written", code=interrupted_status(stopped)) from None
     # The period's events, as the page's card says them: not every event read (a December report
     # of a year's log said the year's).
-    typer.echo(f"wrote {written} ({form.value}: {counted(data.period_events(), 'event')}, "
+    where = "standard output" if to_stdout else written
+    typer.echo(f"wrote {where} ({form.value}: {counted(data.period_events(), 'event')}, "
                f"{counted(data.last_used.height, 'key')}, {counted(data.alarms.height, 'alarm')})", err=True)
     if data.alarms_note is not None:
         typer.echo(f"note: {data.alarms_note}", err=True)

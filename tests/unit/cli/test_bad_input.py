@@ -120,6 +120,17 @@ def test_import_reports_and_skips_a_gzip_file_damaged_inside(tmp_path: Path) -> 
                              "in the event log; 1 problem\n")
 
 
+def test_report_out_dash_writes_standard_output(tmp_path: Path) -> None:
+    # It wrote a file named "-" in the working folder, and nothing reached the pipe.
+    fill_trail(tmp_path / "node", 3)
+    result = subprocess.run([sys.executable, "-m", "keytrail", "report", "--data-dir", str(tmp_path / "node"),
+                             "--out", "-", "--format", "csv", "--table", "usage"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("table,") and KEY_ARN in result.stdout
+    assert result.stderr.startswith("wrote standard output (csv: 3 events") and not (tmp_path / "-").exists()
+
+
 def test_report_reads_an_alarms_file_with_unreadable_lines_and_mistyped_fields(tmp_path: Path) -> None:
     fill_trail(tmp_path / "node", 3)
     alarms = tmp_path / "alarms.jsonl"
