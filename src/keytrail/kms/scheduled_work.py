@@ -43,7 +43,6 @@ async def apply_due(svc: KmsService, key: Key) -> Key | None:
         if current is None:
             return None
         if (deletion_date := _deletion_due(current, now)) is not None:
-            current = await _expire_before(svc, current, deletion_date)
             await _delete_due(svc, current, deletion_date)
             return None
         current = await service_events.record_owed(svc, current)  # a change of an earlier tick or call
@@ -72,9 +71,11 @@ async def _expire_before(svc: KmsService, key: Key, deletion_date: datetime) -> 
 
 
 async def _delete_due(svc: KmsService, key: Key, deletion_date: datetime) -> None:
-    """Delete `key`, its waiting period over. Its `DeleteKey` event (done when the period ended,
-    however late the tick that notices it) is written on the key first and recorded before the
-    row goes: a refused record leaves the key for the next tick, not deleted unrecorded."""
+    """Delete `key`, its waiting period over, after expiring the material that expired while it
+    waited (`_expire_before`). Its `DeleteKey` event (done when the period ended, however late the
+    tick that notices it) is written on the key first and recorded before the row goes: a refused
+    record leaves the key for the next tick, not deleted unrecorded."""
+    key = await _expire_before(svc, key, deletion_date)
     if not service_events.owes_event(key, "DeleteKey"):
         key = service_events.with_event(key, svc.deps.new_id(), "DeleteKey", {"keyId": key.key_id},
                                         deletion_date)
@@ -99,7 +100,6 @@ async def _delete_copies_now_due(svc: KmsService, changed: list[Key]) -> None:
     for copy in changed:
         current = await svc.store.get_key(copy.account, copy.region, copy.key_id)
         if current is not None and (deletion_date := _deletion_due(current, now)) is not None:
-            current = await _expire_before(svc, current, deletion_date)  # as apply_due deletes a key
             await _delete_due(svc, current, deletion_date)
 
 

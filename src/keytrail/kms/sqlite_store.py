@@ -57,7 +57,7 @@ from keytrail.kms.sqlite_ledger import (
 )
 from keytrail.kms.sqlite_owed_records import SqliteOwedRecords
 from keytrail.kms.sqlite_sealed_rows import SqliteSealedRows
-from keytrail.kms.store import Alias, Grant, GrantPosition, KeyPosition
+from keytrail.kms.store import Alias, Grant, GrantPosition, KeyPosition, grant_position, key_position
 from keytrail.kms.store_ledger import Ledger, LedgerMismatch
 from keytrail.kms.store_upgrade import opening_plan
 from keytrail.owner_only import make_dirs
@@ -106,16 +106,6 @@ def _drops_material(before: Key | None, after: Key) -> bool:
         return False
     kept = {m.material_id: m.secret for m in after.materials}
     return any(kept.get(m.material_id) != m.secret for m in before.materials)
-
-
-def _listed_at(key: Key) -> KeyPosition:
-    """Where `key` stands in ListKeys (as its markers say)."""
-    return key.creation_date.timestamp(), key.key_id
-
-
-def _grant_listed_at(grant: Grant) -> GrantPosition:
-    """Where `grant` stands in ListGrants (as its markers say)."""
-    return grant.creation_date.timestamp(), grant.grant_id
 
 
 def _checkpointed(db: sqlite3.Connection) -> bool:
@@ -359,7 +349,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         if order is None or (before is not None and before.creation_date == key.creation_date):
             return  # not sorted yet, or its place is the same: creation dates do not change
         if before is None:
-            bisect.insort(order, _listed_at(key))
+            bisect.insort(order, key_position(key))
         else:
             del self._key_order[scope]
 
@@ -367,7 +357,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         held = self._keys.get((account, region), {}).pop(key_id, None)
         order = self._key_order.get((account, region))
         if held is not None and order is not None:
-            at = bisect.bisect_left(order, _listed_at(held))
+            at = bisect.bisect_left(order, key_position(held))
             del order[at]  # where it is: the order holds every key held
 
     async def delete_key(self, key: Key, changed: Sequence[Key] = ()) -> None:
@@ -445,7 +435,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             return []
         order = self._key_order.get((account, region))
         if order is None:
-            order = self._key_order[account, region] = sorted(map(_listed_at, keys.values()))
+            order = self._key_order[account, region] = sorted(map(key_position, keys.values()))
         start = 0 if after is None else bisect.bisect_right(order, after)
         return [keys[key_id] for _, key_id in order[start : start + limit]]
 
@@ -527,13 +517,13 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._grants.setdefault(scope, {})[grant.grant_id] = grant
         self._grants_by_grantee.setdefault(scope, {}).setdefault(grant.grantee_principal, {})[grant.grant_id] = grant
         if (order := self._grant_order.get(scope)) is not None:
-            bisect.insort(order, _grant_listed_at(grant))
+            bisect.insort(order, grant_position(grant))
 
     def _drop_grant(self, scope: tuple[str, str, str], grant_id: str) -> None:
         held = self._grants.get(scope, {}).pop(grant_id, None)
         if held is not None:
             if (order := self._grant_order.get(scope)) is not None:  # it is in it: the order holds every grant held
-                del order[bisect.bisect_left(order, _grant_listed_at(held))]
+                del order[bisect.bisect_left(order, grant_position(held))]
             by_grantee = self._grants_by_grantee.get(scope, {})
             of_grantee = by_grantee.get(held.grantee_principal, {})
             of_grantee.pop(grant_id, None)
@@ -559,7 +549,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         if grantee is None:
             order = self._ordered_grants(scope, grants)
         else:  # the grantee's grants only: most keys' grantees hold few of them
-            order = sorted(map(_grant_listed_at, self._grants_by_grantee.get(scope, {}).get(grantee, {}).values()))
+            order = sorted(map(grant_position, self._grants_by_grantee.get(scope, {}).get(grantee, {}).values()))
         start = 0 if after is None else bisect.bisect_right(order, after)
         return [grants[grant_id] for _, grant_id in order[start : start + limit]]
 
@@ -567,7 +557,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         """The positions of the key's grants in ListGrants' order, sorted once, then kept in order."""
         order = self._grant_order.get(scope)
         if order is None:
-            order = self._grant_order[scope] = sorted(map(_grant_listed_at, grants.values()))
+            order = self._grant_order[scope] = sorted(map(grant_position, grants.values()))
         return order
 
     async def grants_to(self, account: str, region: str, key_id: str, grantees: Collection[str]) -> list[Grant]:

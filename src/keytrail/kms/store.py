@@ -15,7 +15,7 @@ from keytrail.kms.model import CallRecord
 
 __all__ = [
     "Alias", "AliasStore", "CustomKeyStoreStore", "Grant", "GrantPosition", "GrantStore", "ImportStore", "KeyPosition",
-    "KeyStore", "OwedRecordStore", "OwedWrites", "Store",
+    "KeyStore", "OwedRecordStore", "OwedWrites", "Store", "grant_position", "key_position",
 ]
 
 # Where a key stands in ListKeys: its creation date as a POSIX timestamp (as ListKeys' markers have
@@ -52,6 +52,16 @@ class Grant:
     retiring_principal: str | None = None
     constraints: dict[str, Any] | None = None
 
+
+
+def key_position(key: Key) -> KeyPosition:
+    """Where `key` stands in ListKeys (as its markers say)."""
+    return key.creation_date.timestamp(), key.key_id
+
+
+def grant_position(grant: Grant) -> GrantPosition:
+    """Where `grant` stands in ListGrants and ListRetirableGrants (as their markers say)."""
+    return grant.creation_date.timestamp(), grant.grant_id
 
 class KeyStore(Protocol):
     async def get_key(self, account: str, region: str, key_id: str) -> Key | None: ...

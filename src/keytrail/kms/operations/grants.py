@@ -27,9 +27,9 @@ from keytrail.kms.grants import (
 )
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeyState
-from keytrail.kms.paging import Position, dated_position, page, page_limit, paged
+from keytrail.kms.paging import dated_position, page, page_limit, paged
 from keytrail.kms.policy_document import is_aws_principal
-from keytrail.kms.store import Grant
+from keytrail.kms.store import Grant, grant_position
 
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
@@ -211,7 +211,7 @@ async def list_grants(svc: KmsService, call: Call) -> Response:
         after = dated_position(params, listing)
         grants = await svc.store.list_grants_page(key.account, key.region, key.key_id, after, limit + 1,
                                                   params.get("GranteePrincipal"))
-        chunk, paging = paged(grants, limit, _listed_at, listing)
+        chunk, paging = paged(grants, limit, grant_position, listing)
     else:
         chunk, paging = _page(await _grant_listed(svc, key, params), params, listing)
     return {"Grants": [grant_view(key, g) for g in chunk], **paging}
@@ -229,13 +229,8 @@ async def _grant_listed(svc: KmsService, key: Key, params: dict[str, Any]) -> li
     return [grant]
 
 
-def _listed_at(grant: Grant) -> Position:
-    """Where `grant` stands in ListGrants and ListRetirableGrants (as their markers say)."""
-    return grant.creation_date.timestamp(), grant.grant_id
-
-
 def _page(grants: list[Grant], params: dict[str, Any], listing: str) -> tuple[Sequence[Grant], dict[str, Any]]:
-    return page(grants, params, _listed_at, listing, default_limit=_DEFAULT_LIMIT)
+    return page(grants, params, grant_position, listing, default_limit=_DEFAULT_LIMIT)
 
 
 async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
@@ -250,7 +245,6 @@ async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
     own_principal = _account_of(retiring) == context.account
     grants = [g for g in await svc.store.grants_retirable_by(context.region, retiring)
               if own_principal or g.account == context.account]
-    grants.sort(key=lambda g: (g.creation_date, g.grant_id))
     chunk, paging = _page(grants, params, f"ListRetirableGrants {context.account} {context.region} {retiring}")
     views = []
     for grant in chunk:

@@ -24,6 +24,7 @@ from keytrail.kms.paging import dated_position, page_limit, paged
 from keytrail.kms.partitions import partition_of
 from keytrail.kms.policy import default_policy, validate_key_policy
 from keytrail.kms.specs import ALLOWED_USAGES
+from keytrail.kms.store import key_position
 from keytrail.kms.tags import validate_tags
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ async def list_keys(svc: KmsService, call: Call) -> Response:
     limit = page_limit(call.params, 100)  # ListKeys: Limit may be up to 1000, but without one a page holds 100 keys.
     after = dated_position(call.params, listing)
     keys = await svc.store.list_keys_page(account, region, after, limit + 1)
-    chunk, paging = paged(keys, limit, lambda k: (k.creation_date.timestamp(), k.key_id), listing)
+    chunk, paging = paged(keys, limit, key_position, listing)
     return {"Keys": [{"KeyId": k.key_id, "KeyArn": k.arn} for k in chunk], **paging}
 
 
