@@ -70,12 +70,7 @@ async def test_a_store_closed_while_the_erase_waits_says_so(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(sqlite_store, "ERASE_RETRY_SECONDS", 60)
     path = tmp_path / "keys.db"
-    store = SqliteStore(path, ROOT)
-    await store.put_key(KEY)
-    reader = SqliteReader(path)
-    await store.delete_key(KEY)
-    await store.close()
-    reader.close()
+    await _stored_then_deleted_under_a_reader(path)
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert said[-1] == (f"{path} still holds deleted key material as the key store closes (another process's read "
                         "of it has not ended): it is erased when a keytrail serve on it next deletes material, or "
