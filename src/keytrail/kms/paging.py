@@ -13,6 +13,7 @@ import bisect
 import hashlib
 import json
 import math
+import struct
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar, cast
@@ -28,6 +29,10 @@ Position = tuple[str | float, ...]
 Shape = tuple[type[str] | type[float], ...]
 # A position of a listing in creation order (ListKeys, ListGrants): a POSIX timestamp, then an id.
 DatedPosition = tuple[float, str]
+# Hex digits of a listing's digest a marker opens with.
+_TAG_LENGTH = 16
+# MarkerType's longest: a longer NextMarker is one the next call may not send.
+_MARKER_LENGTH = 1024
 
 
 def page(
@@ -67,9 +72,9 @@ def marked_position(params: dict[str, Any], listing: str, shape: Shape | None) -
     if not (marker := params.get("Marker")):
         return None
     try:
-        decoded = json.loads(base64.urlsafe_b64decode(marker.encode()), parse_constant=_not_a_number)
-    except (binascii.Error, ValueError):
-        decoded = None  # not base64, not UTF-8, not JSON
+        decoded = _decoded(base64.urlsafe_b64decode(marker.encode()))
+    except (binascii.Error, ValueError, struct.error):
+        decoded = None  # not base64, not UTF-8, cut short
     if not isinstance(decoded, list) or not decoded or decoded[0] != _tag(listing):
         _invalid()  # not a marker of this listing
     return _position(decoded[1:], shape)
@@ -105,15 +110,54 @@ def paged(
 def _tag(listing: str) -> str:
     """A short digest of the listing, for its markers: a retiring principal's ARN (up to 256
     characters) would take room from MarkerType's 1,024 that the position needs (tag keys)."""
-    return hashlib.sha256(listing.encode()).hexdigest()[:16]
+    return hashlib.sha256(listing.encode()).hexdigest()[:_TAG_LENGTH]
 
 
 def _marker(tag: str, last: Position) -> str:
-    """The marker of a page ending at `last`, as UTF-8 rather than ASCII escapes: a tag key of
-    128 letters of any script then stays within MarkerType's 1,024 characters (as `\\uXXXX`
-    escapes, 128 CJK letters made a marker of 1,032 that the next page's call was refused for)."""
+    """The marker of a page ending at `last`: JSON as UTF-8 (not ASCII escapes: 128 CJK letters
+    as `\\uXXXX` made a marker of 1,032), which every node of a store, older ones too, reads.
+    A position JSON escapes beyond MarkerType's 1,024 characters (a tag key of 128 control
+    characters, `\\u0001` each, made one of 1,056 the next call was refused for) is written as
+    bytes, which stay within it: at worst 128 4-byte letters, 708 characters."""
     text = json.dumps([tag, *last], separators=(",", ":"), ensure_ascii=False)
-    return base64.urlsafe_b64encode(text.encode()).decode()
+    marker = base64.urlsafe_b64encode(text.encode()).decode()
+    return marker if len(marker) <= _MARKER_LENGTH else _bytes_marker(tag, last)
+
+
+def _bytes_marker(tag: str, last: Position) -> str:
+    """The listing's tag, then each element of the position as a type letter and its bytes (a
+    float's 8, a string's UTF-8 after a 2-byte length)."""
+    encoded = bytearray(tag.encode())
+    for value in last:
+        if isinstance(value, float):
+            encoded += b"f" + struct.pack(">d", value)
+        else:
+            text = value.encode()
+            encoded += b"s" + struct.pack(">H", len(text)) + text
+    return base64.urlsafe_b64encode(encoded).decode()
+
+
+def _decoded(raw: bytes) -> Any:
+    """What a marker holds: its listing's tag and its position's elements, from JSON (`[tag, ...]`)
+    or bytes (the tag's hex digits first). ValueError or struct.error for neither."""
+    if raw.startswith(b"["):
+        return json.loads(raw, parse_constant=_not_a_number)
+    decoded: list[Any] = [raw[:_TAG_LENGTH].decode("ascii")]
+    at = _TAG_LENGTH
+    while at < len(raw):
+        kind, at = raw[at : at + 1], at + 1
+        if kind == b"f":
+            decoded.append(struct.unpack_from(">d", raw, at)[0])
+            at += 8
+        elif kind == b"s":
+            (length,) = struct.unpack_from(">H", raw, at)
+            text, at = raw[at + 2 : at + 2 + length], at + 2 + length
+            if len(text) != length:
+                raise ValueError("marker cut short")
+            decoded.append(text.decode())
+        else:
+            raise ValueError("no element of a position")
+    return decoded
 
 
 def _not_a_number(constant: str) -> NoReturn:

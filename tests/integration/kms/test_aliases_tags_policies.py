@@ -122,6 +122,17 @@ def test_tags_of_128_non_latin_letters_page_one_by_one(kms) -> None:
     assert all(len(p.get("NextMarker", "")) <= 1024 for p in pages)
 
 
+
+def test_tags_of_128_control_characters_or_4_byte_letters_page_one_by_one(kms) -> None:
+    # JSON writes a control character as \u0001: a marker holding 128 of them was 1,056 characters
+    # long, and the call for the second page was refused with ValidationException.
+    for keys in (sorted(chr(code) * 128 for code in (1, 2, 31)), sorted(chr(0x1F600 + i) * 128 for i in range(3))):
+        key_id = kms.create_key(Tags=[{"TagKey": k, "TagValue": "v"} for k in keys])["KeyMetadata"]["KeyId"]
+        pages = list(kms.get_paginator("list_resource_tags").paginate(KeyId=key_id,
+                                                                       PaginationConfig={"PageSize": 1}))
+        assert [t["TagKey"] for p in pages for t in p["Tags"]] == keys
+        assert all(len(p.get("NextMarker", "")) <= 1024 for p in pages)
+
 def test_default_policy_and_round_trip(kms) -> None:
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
     assert kms.list_key_policies(KeyId=key_id)["PolicyNames"] == ["default"]
