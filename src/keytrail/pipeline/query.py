@@ -163,8 +163,10 @@ class MetricsStore:
         lifecycle = self.lifecycle()
         lifecycle = lifecycle if until is None else lifecycle.filter(pl.col("eventTime") < until)
         used = self.usage(["keyArn"], None, None, until).select("keyArn").drop_nulls()
-        keys = pl.concat([used, lifecycle.select("keyArn")]).unique()
         uses = last_used_per_key(self._latest_per_key() if until is None else self.last_used(until))
+        # A ReEncrypt's destination key has a use but no usage row (the row names the source key):
+        # made before the events start, it is seen in its uses alone.
+        keys = pl.concat([used, lifecycle.select("keyArn"), uses.select("keyArn")]).unique()
         return keys.join(uses, on="keyArn", how="left").sort("keyArn")
 
     def _latest_per_key(self) -> pl.DataFrame:

@@ -17,7 +17,7 @@ from keytrail.pipeline.runner import Runner
 from keytrail.pipeline.sources import RecordsSource
 from keytrail.pipeline.synthetic import SyntheticSettings, generate_events
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
-from tests.unit.reports.records import key_arn, record
+from tests.unit.reports.records import ACCOUNT, key_arn, record
 
 
 @pytest.fixture(scope="module")
@@ -219,6 +219,20 @@ def test_last_used_by_key_and_principal_lists_a_never_used_key_as_by_key_does(tm
         expected = [(used, "arn:aws:iam::111122223333:user/alice", "2026-10-03T00:00:00Z", "used-encrypt"),
                     (idle, None, None, None)] + ([] if until else [(later, None, None, None)])
         assert sorted(rows, key=str) == sorted(expected, key=str), until
+
+
+def test_last_used_lists_a_key_whose_only_use_is_as_a_reencrypt_destination(tmp_path: Path) -> None:
+    # AWS CloudTrail files seldom reach back to a key's CreateKey, and a ReEncrypt's usage row
+    # names its source key alone: the key its ciphertexts moved to was in the state, used, but
+    # `last-used` listed only the keys of usage rows and CreateKeys, so it was not listed at all.
+    source, destination = key_arn("source"), key_arn("destination")
+    reencrypt = record("ReEncrypt", datetime(2026, 10, 5, tzinfo=UTC), source, event_id="moved")
+    reencrypt["resources"] += [{"ARN": destination, "accountId": ACCOUNT, "type": "AWS::KMS::Key"}]
+    asyncio.run(Runner(state_dir(tmp_path), RecordsSource([reencrypt])).run())
+    for until in ([], ["--until", "2026-10-06"]):
+        _, out, _ = run("last-used", "--data-dir", str(tmp_path), *until, "--format", "json")
+        rows = {r["keyArn"]: (r["lastUsedOperation"], r["eventId"]) for r in lines(out)}
+        assert rows == {source: ("ReEncrypt", "moved"), destination: ("ReEncrypt", "moved")}, until
 
 
 def test_cost_names_how_many_keys_it_has_no_storage_for(tmp_path: Path) -> None:

@@ -92,6 +92,15 @@ def test_a_never_used_key_made_before_the_input_counts_from_the_input_s_start() 
     assert unused == {IDLE: True, BUSY: False}
 
 
+def test_a_key_used_only_as_a_reencrypt_destination_is_in_last_used_and_not_unused() -> None:
+    # The key ciphertexts were moved to (made before the input) was left out of the table.
+    reencrypt = record("ReEncrypt", NOV + timedelta(days=1), BUSY, event_id="moved")
+    reencrypt["resources"] += [{"ARN": IDLE, "accountId": ACCOUNT, "type": "AWS::KMS::Key"}]
+    options = ReportOptions(until=AS_OF, unused_days=20, alarms=Path(__file__).with_name("none"))
+    rows = collect_sync(RecordsSource([reencrypt]), options).last_used.select("keyArn", "eventId", "unused").rows()
+    assert sorted(rows) == [(BUSY, "moved", False), (IDLE, "moved", False)]  # used 15 days before the as-of time
+
+
 def test_last_used_as_of_until_is_the_last_use_before_it_of_several_in_one_minute() -> None:
     # Every key was used again after --until: the scratch state kept only those later uses and
     # took the last before --until from minute-level usage, naming that minute's start, no
