@@ -308,3 +308,35 @@ def test_a_first_start_on_a_full_disk_leaves_no_data_dir_behind(small_disk: Path
     [line] = start.stderr.splitlines()
     assert line.startswith("keytrail serve: cannot open the key store ") and "disk is full" in line, line
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_a_start_with_no_room_to_keep_a_torn_tail_aside_says_which_file_and_leaves_none(small_disk: Path,
+                                                                                         tmp_path: Path) -> None:
+    """After a crash the start keeps the torn tail it cuts in a `.cut-at-` file beside the segment.
+    On a full disk that copy failed as "keytrail serve: No space left on device", naming no file,
+    and left the copy behind empty: one more each start (a supervisor restarting serve in a loop
+    filled the folder with them). Now the line names the file, none stays, and a start with space
+    cuts the tail as usual."""
+    data = small_disk / "data"
+    server = KeytrailServer(data)
+    server.log = tmp_path / "server.log"
+    server.start()
+    kms = server.client("alice")
+    kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"x")
+    server.kill()
+    [segment] = (data / "audit" / "log").glob("*.seg")
+    with segment.open("ab") as torn:  # the crash's unfinished write: a frame header and less than it names
+        torn.write((300).to_bytes(4, "little") + bytes(4) + b"part of a record")
+    filler = _fill(small_disk, leave=0)
+    with pytest.raises(RuntimeError, match="keytrail serve exited"):
+        server.start()
+    assert server.proc is not None and server.proc.returncode == 2
+    said = server.log.read_text().splitlines()[-1]
+    assert said.startswith("keytrail serve: No space left on device: ") and ".seg.cut-at-" in said, said
+    assert list(segment.parent.glob("*.cut-at-*")) == []
+    filler.unlink()
+    server.start()
+    assert server.stop() == 0
+    [kept] = segment.parent.glob("*.cut-at-*")
+    assert kept.read_bytes().endswith(b"part of a record")
+    assert verify(data) == []

@@ -659,12 +659,18 @@ def _keep_tail(segment: _Segment) -> Path:
     """Copy what follows the segment's last whole record to a file beside it (synced); its path."""
     kept = segment.path.with_name(f"{segment.path.name}.cut-at-{segment.size}-{time.time_ns()}")
     target_fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # audit bytes: owner only
-    with open(open_regular(segment.path), "rb") as source, os.fdopen(target_fd, "wb") as target:
-        source.seek(segment.size)
-        while chunk := source.read(_CHUNK):
-            target.write(chunk)
-        target.flush()
-        os.fsync(target.fileno())
+    try:
+        with named(kept), open(open_regular(segment.path), "rb") as source, os.fdopen(target_fd, "wb") as target:
+            source.seek(segment.size)
+            while chunk := source.read(_CHUNK):
+                target.write(chunk)
+            target.flush()
+            os.fsync(target.fileno())
+    except BaseException:
+        # Nothing was cut: the bytes are still in the segment, and a part copy left here would be
+        # one more file at each start that fails so (a full disk, serve restarted in a loop).
+        kept.unlink(missing_ok=True)
+        raise
     sync_folder(segment.path.parent)
     return kept
 
