@@ -288,3 +288,80 @@ def test_queries_after_an_import_say_the_events_are_not_counted_until_consumed(t
     # Neither key's CreateKey is in the files: the one line says their storage is missing.
     assert after.stderr.startswith("note: 2 keys in these figures were not created in the events")
     assert sorted(json.loads(line)["requests"] for line in after.stdout.splitlines()) == [1, 1]
+
+
+_CALLER, _OWNER = "444455556666", "111122223333"
+_SHARED_KEY = f"arn:aws:kms:us-east-1:{_OWNER}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+_CALLER_ROLE = f"arn:aws:iam::{_CALLER}:role/App"
+
+
+def _cross_account_copies() -> dict[str, dict[str, Any]]:
+    """A Decrypt by a role of account _CALLER on a key of _OWNER, as AWS delivers it to each: the
+    caller's copy names the role; the key owner's names the caller by account alone (`AWSAccount`)."""
+    call = {**E1, "eventName": "Decrypt", "requestParameters": {"encryptionAlgorithm": "SYMMETRIC_DEFAULT"},
+            "resources": [{"accountId": _OWNER, "type": "AWS::KMS::Key", "ARN": _SHARED_KEY}],
+            "sharedEventID": "5a1e0c1d-3b7e-4f0e-9a52-0d7c7b1c2e07"}
+    role = {"type": "AssumedRole", "principalId": "AROAEXAMPLE:s", "arn": f"arn:aws:sts::{_CALLER}:assumed-role/App/s",
+            "accountId": _CALLER, "accessKeyId": "ASIAEXAMPLE",
+            "sessionContext": {"sessionIssuer": {"type": "Role", "principalId": "AROAEXAMPLE", "arn": _CALLER_ROLE,
+                                                 "accountId": _CALLER, "userName": "App"}}}
+    return {
+        _CALLER: {**call, "userIdentity": role, "recipientAccountId": _CALLER,
+                  "eventID": "0d3b4e5f-1111-4a2b-8c3d-000000000007"},
+        _OWNER: {**call, "userIdentity": {"type": "AWSAccount", "principalId": "AROAEXAMPLE:s", "accountId": _CALLER},
+                 "recipientAccountId": _OWNER, "eventID": "0d3b4e5f-2222-4a2b-8c3d-000000000007"},
+    }
+
+
+def _delivered(logs: Path, accounts: list[str]) -> None:
+    """Each account's copy in a gzipped log file of AWS's name and folders, delivered in `accounts`' order."""
+    copies = _cross_account_copies()
+    for minute, account in enumerate(accounts):
+        folder = logs / "AWSLogs" / account / "CloudTrail" / "us-east-1" / "2025" / "05" / "20"
+        folder.mkdir(parents=True)
+        name = f"{account}_CloudTrail_us-east-1_20250520T204{minute}Z_{minute}aBcDeFgHiJkLmN.json.gz"
+        with gzip.open(folder / name, "wt") as handle:
+            json.dump({"Records": [copies[account]]}, handle)
+
+
+def _callers_by_each_route(tmp_path: Path, logs: Path) -> list[tuple[str, Any]]:
+    """(route, (usage rows, last-used row, the report's usage and last_used rows)) of `logs`."""
+    rows = []
+    for route, (_, usage) in zip(("files", "event log"), _cost_by_each_route(tmp_path, logs), strict=True):
+        data = tmp_path / ("files" if route == "files" else "imported")
+        usage = [json.loads(line) for line in cli("usage", "--data-dir", str(data), "--by", "key,principal,account",
+                                                  "--format", "json").stdout.splitlines()]
+        last = [json.loads(line) for line in cli("last-used", "--data-dir", str(data), "--by", "key,principal",
+                                                 "--format", "json").stdout.splitlines()]
+        rows.append((route, ([(u["principalArn"], u["accountId"], u["count"]) for u in usage],
+                             [(r["lastUsedPrincipalArn"], r["lastUsedOperation"]) for r in last])))
+    out = tmp_path / "report.json"
+    made = subprocess.run([sys.executable, "-m", "keytrail", "report", "--cloudtrail", str(logs), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    report = [json.loads(line) for line in out.read_text().splitlines()]
+    rows.append(("report", ([(r["principalArn"], r["accountId"], r["count"]) for r in report if r["table"] == "usage"],
+                            [(r["lastUsedPrincipalArn"], r["lastUsedOperation"]) for r in report
+                             if r["table"] == "last_used"])))
+    return rows
+
+
+@pytest.mark.parametrize("first", ["owner", "caller"])
+def test_a_cross_account_call_keeps_its_caller_whichever_copy_is_read_first(tmp_path: Path, first: str) -> None:
+    # The key owner's copy names the caller by account alone (userIdentity type AWSAccount): read
+    # first, it was the copy counted, and usage, last-used and the report lost the caller's role.
+    logs = tmp_path / "logs"
+    _delivered(logs, [_OWNER, _CALLER] if first == "owner" else [_CALLER, _OWNER])
+    for route, (usage, last) in _callers_by_each_route(tmp_path, logs):
+        assert usage == [(_CALLER_ROLE, _CALLER, 1)], route
+        assert last == [(_CALLER_ROLE, "Decrypt")], route
+
+
+def test_a_key_owners_copy_read_alone_names_the_calling_account(tmp_path: Path) -> None:
+    # The key owner's trail alone: its copy names the caller by its account, as CloudTrail gives it;
+    # principalArn was null, as for no caller at all.
+    logs = tmp_path / "logs"
+    _delivered(logs, [_OWNER])
+    for route, (usage, last) in _callers_by_each_route(tmp_path, logs):
+        assert usage == [(_CALLER, _CALLER, 1)], route
+        assert last == [(_CALLER, "Decrypt")], route

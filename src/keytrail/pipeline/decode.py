@@ -40,6 +40,7 @@ AVRO_COLUMNS = (
     "keyArn",
     "principalArn",
     "invokedBy",
+    "identityType",  # a key owner's copy of another account's call: principalArn is its accountId
     "accountId",
     "recipientAccountId",
     "awsRegion",

@@ -16,7 +16,7 @@ from keytrail.audit.schema import as_object, as_text, key_arn, principal_arn
 from keytrail.pipeline.lastused import CRYPTO_OPERATIONS
 from keytrail.transport.cloudtrail_records import original_event_id
 
-__all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "empty_frame", "frame_from_avro", "frame_from_records"]
+__all__ = ["CRYPTO_OPERATIONS", "FRAME_SCHEMA", "OTHER_ACCOUNT", "empty_frame", "frame_from_avro", "frame_from_records"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,11 @@ FRAME_SCHEMA: dict[str, pl.DataType] = {
     "keyFamily": pl.String(),
     "logOffset": pl.Int64(),  # position in the source partition's log: orders same-second events
 }
+
+#: The userIdentity type of a key owner's copy of a call from another account: CloudTrail names the
+#: caller there by its account alone (`accountId`, no ARN), which stands for the caller's ARN in
+#: principalArn (as `keytrail audit events` names it) where no copy naming the caller came with it.
+OTHER_ACCOUNT = "AWSAccount"
 
 _NEW_KEY_EVENTS = ["CreateKey", "ReplicateKey"]
 _KEY_PAIR_EVENTS = ["GenerateDataKeyPair", "GenerateDataKeyPairWithoutPlaintext"]
@@ -108,7 +113,8 @@ def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) ->
             pl.col("otherFields").str.json_path_match("$.sharedEventID").alias("sharedEventID"),
             name,
             pl.col("eventTime").cast(pl.Datetime("us", "UTC")),
-            pl.coalesce("principalArn", "invokedBy").alias("principalArn"),
+            pl.coalesce("principalArn", "invokedBy",
+                        pl.when(pl.col("identityType") == OTHER_ACCOUNT).then("accountId")).alias("principalArn"),
             pl.when(pl.col("errorCode") != "").then(pl.col("errorCode")).alias("errorCode"),
             pl.col("readOnly").fill_null(False),
             _only(name == "ReEncrypt", "resources")
@@ -236,10 +242,13 @@ def _resource_arn(record: Mapping[str, Any], index: int) -> str | None:
 
 
 def _principal_arn(record: Mapping[str, Any]) -> str | None:
-    # As the event log's principalArn column holds it, then the invoking service (as
-    # frame_from_avro coalesces the two).
+    # As the event log's principalArn column holds it, then the invoking service, then the calling
+    # account of a key owner's copy (as frame_from_avro coalesces them).
     identity = as_object(record.get("userIdentity"))
-    return principal_arn(identity) or as_text(identity.get("invokedBy"))
+    found = principal_arn(identity) or as_text(identity.get("invokedBy"))
+    if found is None and identity.get("type") == OTHER_ACCOUNT:
+        return as_text(identity.get("accountId"))
+    return found
 
 
 def _account_id(record: Mapping[str, Any]) -> str | None:

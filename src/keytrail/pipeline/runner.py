@@ -112,10 +112,23 @@ def drop_seen(frame: pl.DataFrame, seen: SeenIds) -> tuple[pl.DataFrame, pl.Seri
     known by its sharedEventID where it has one (both accounts' copies of a cross-account call are
     one call), else by its eventID."""
     hashes = event_hashes(frame.select(pl.coalesce("sharedEventID", "eventID")).to_series())
-    keep = hashes.is_first_distinct() & ~seen.remembered(hashes)
+    keep = _one_copy(frame, hashes) & ~seen.remembered(hashes)
     if keep.all():
         return frame, hashes
     return frame.filter(keep), hashes.filter(keep)
+
+
+def _one_copy(frame: pl.DataFrame, hashes: pl.Series) -> pl.Series:
+    """Which rows are the copy of their call a batch counts: its first, but of a call logged in two
+    accounts, the first naming the caller by ARN: the key owner's copy names it by account alone
+    (frame.OTHER_ACCOUNT), and counted in the other's stead it lost the caller's principal."""
+    first = hashes.is_first_distinct()
+    if first.all():  # most batches: no call twice
+        return first
+    rows = pl.DataFrame({"hash": hashes, "named": frame.get_column("principalArn").str.starts_with("arn:")})
+    index = pl.col("index")
+    chosen = pl.coalesce(index.filter(pl.col("named")).first(), index.first()).over("hash")
+    return rows.with_row_index().select(index == chosen).to_series()
 
 
 #: CloudTrail network activity events (a VPC endpoint owner's log of the calls through it) repeat a
