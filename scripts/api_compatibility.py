@@ -169,6 +169,19 @@ CHECKED = [
         "`Origin` out got a key in keytrail's own store).",
     ),
     (
+        "`CreateCustomKeyStore` or `UpdateCustomKeyStore` with members of the other type of store: an `Xks*` "
+        "member (`XksProxyUriEndpoint`, `XksProxyAuthenticationCredential`, …) for an `AWS_CLOUDHSM` store, or "
+        "`CloudHsmClusterId`, `TrustAnchorCertificate` or `KeyStorePassword` with `CustomKeyStoreType` "
+        "`EXTERNAL_KEY_STORE`",
+        "botocore's model: each `Xks*` member is \"required for custom key stores with a CustomKeyStoreType of "
+        "EXTERNAL_KEY_STORE\" (CreateCustomKeyStore) and \"valid only for\" them (UpdateCustomKeyStore), each "
+        "CloudHSM member likewise for `AWS_CLOUDHSM`. The error code is not documented.",
+        "`ValidationException` naming the members, never their values, e.g. `XksProxyUriEndpoint is valid only "
+        "when CustomKeyStoreType is EXTERNAL_KEY_STORE, not AWS_CLOUDHSM.`, and nothing is made or changed (they "
+        "used to be dropped without a word). An `EXTERNAL_KEY_STORE` request with its own members only is "
+        "`UnsupportedOperationException`, as before.",
+    ),
+    (
         "`GrantTokens` with more than 10 tokens, an empty token, or one over 8,192 characters",
         "`ValidationException` with the model's constraint message (`GrantTokenList` 0..10, `GrantTokenType` "
         "1..8192), e.g. `1 validation error detected: Value at 'grantTokens' failed to satisfy constraint: "

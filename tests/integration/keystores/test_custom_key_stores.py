@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 
 from keytrail.kms.ciphertext import FORMAT_V1, FORMAT_V2, FORMAT_V3
 from tests.integration.keystores.conftest import PIN
+from tests.support.errors import aws_error
 from tests.support.server import KeytrailServer
 from tests.support.softhsm import SoftHsm, copy_token, softhsm_token
 
@@ -291,6 +292,52 @@ def test_store_names_clusters_and_anchors_are_checked(
         kms.describe_custom_key_stores(CustomKeyStoreId="cks-00000000000000000")
     assert _error(excinfo) == "CustomKeyStoreNotFoundException"
 
+
+
+XKS_MEMBERS = {
+    "XksProxyUriEndpoint": "https://xks.example.com", "XksProxyUriPath": "/example/kms/xks/v1",
+    "XksProxyVpcEndpointServiceName": "com.amazonaws.vpce.us-east-1.vpce-svc-example",
+    "XksProxyVpcEndpointServiceOwner": "111122223333",
+    "XksProxyAuthenticationCredential": {"AccessKeyId": "ABCDEFGHIJKLMNOPQRST",
+                                         "RawSecretAccessKey": "XksProxySecretNotToBeShown0000000000000000000"},
+    "XksProxyConnectivity": "PUBLIC_ENDPOINT",
+}  # in the model's order
+
+
+def test_external_key_store_members_of_a_cloudhsm_store_are_refused(
+    kms: Any, trust_anchor: str, clusters: Iterator[str]
+) -> None:
+    # The model: each Xks* member is for EXTERNAL_KEY_STORE stores ("required for", and for
+    # UpdateCustomKeyStore "valid only for"); they were dropped, the store made or changed as if
+    # they were not there.
+    cluster = next(clusters)
+    hsm_members = {"CloudHsmClusterId": cluster, "TrustAnchorCertificate": trust_anchor, "KeyStorePassword": PIN}
+    for member, value in XKS_MEMBERS.items():
+        name = f"xks-{os.urandom(4).hex()}"
+        code, message, status = aws_error(kms.create_custom_key_store, CustomKeyStoreName=name,
+                                          **hsm_members, **{member: value})
+        assert (code, message, status) == (
+            "ValidationException", f"{member} is valid only when CustomKeyStoreType is EXTERNAL_KEY_STORE, "
+            "not AWS_CLOUDHSM.", 400)
+        assert "XksProxySecret" not in message
+        assert aws_error(kms.describe_custom_key_stores, CustomKeyStoreName=name)[0] == (
+            "CustomKeyStoreNotFoundException")
+    store_id = _store(kms, trust_anchor, cluster)
+    code, message, _ = aws_error(kms.update_custom_key_store, CustomKeyStoreId=store_id, **XKS_MEMBERS)
+    assert (code, message) == ("ValidationException", ", ".join(XKS_MEMBERS) + " are valid only when "
+                               "CustomKeyStoreType is EXTERNAL_KEY_STORE, not AWS_CLOUDHSM.")
+    assert "XksProxyConfiguration" not in _state(kms, store_id)
+    kms.delete_custom_key_store(CustomKeyStoreId=store_id)  # the module's server keeps 10 stores an account
+    # CloudHSM members on a request for an external key store: refused for them, not only for the type
+    code, message, _ = aws_error(kms.create_custom_key_store, CustomKeyStoreName="external",
+                                 CustomKeyStoreType="EXTERNAL_KEY_STORE", CloudHsmClusterId=next(clusters),
+                                 **XKS_MEMBERS)
+    assert (code, message) == ("ValidationException",
+                               "CloudHsmClusterId is valid only when CustomKeyStoreType is AWS_CLOUDHSM, "
+                               "not EXTERNAL_KEY_STORE.")
+    assert aws_error(kms.create_custom_key_store, CustomKeyStoreName="external",
+                     CustomKeyStoreType="EXTERNAL_KEY_STORE", **XKS_MEMBERS)[:2] == (
+        "UnsupportedOperationException", "Only AWS_CLOUDHSM custom key stores are supported.")
 
 IN_USE = (
     "The request was rejected because the specified CloudHSM cluster is already associated with a custom key store "
