@@ -274,13 +274,18 @@ def _lost_as_reset(connection: Any) -> Iterator[None]:
     raises the lost connection's error only from the statement it broke: what runs after it on the
     closed connection (the transaction's ROLLBACK or COMMIT) raises InterfaceError or
     InternalClientError in its place, which read as bugs (a traceback a call, "An internal error
-    occurred.") where every other call heard the retryable outage answer."""
+    occurred.") where every other call heard the retryable outage answer. The outage is told by the
+    error that lost the connection, where the statement raised it: the one in hand speaks of
+    asyncpg's insides ("cannot call Transaction.__aexit__()", "cannot switch to state 12"), which
+    the log's outage line quoted to the operator."""
     try:
         yield
     except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
         if _open(connection):  # the connection is fine: a misuse of it, not the database gone
             raise
-        raise ConnectionResetError(f"the connection to the key store was lost ({exc})") from exc
+        lost = exc.__context__
+        why = f" ({' '.join(str(lost).split())})" if isinstance(lost, _OUT_OF_REACH) and str(lost) else ""
+        raise ConnectionResetError(f"the connection to the key store was lost during a statement{why}") from exc
 
 
 async def _release(pool: Any, connection: Any) -> None:
