@@ -82,13 +82,13 @@ class Finding:
     @classmethod
     def on_event(cls, rule: str, event: KmsEvent, *, summary: str, recommendation: str,
                  severity: Severity | None = None, details: Mapping[str, str] | None = None,
-                 key_arn: str | None = None) -> Finding:
+                 key_arn: str | None = None, scope: str | None = None) -> Finding:
         """A finding about one event: its time, key (`key_arn`, else the event's), principal,
         account, region and id."""
         return cls(
             rule=rule, time=event.event_time, key_arn=key_arn or event.key_arn, principal_arn=event.principal_arn,
             event_id=event.event_id, account_id=event.account_id, region=event.region, severity=severity,
-            summary=summary, recommendation=recommendation, details=details or {},
+            summary=summary, recommendation=recommendation, details=details or {}, scope=scope,
         )
 
 

@@ -99,7 +99,7 @@ def _event(row: AvroRow) -> KmsEvent:
     (event_id, epoch_ms, _, event_name, region, error_code, error_message,
      user_identity, resources, request_parameters, response_elements, source_ip, access_key_id, other_fields,
      service_event_details, recipient_account, _) = row
-    principal, account, identity_type, invoked_by = _caller(user_identity)
+    principal, account, identity_type, invoked_by, principal_id = _caller(user_identity)
     request, response, others = _object(request_parameters), _object(response_elements), _object(other_fields)
     return KmsEvent(
         event_id=event_id,
@@ -120,14 +120,15 @@ def _event(row: AvroRow) -> KmsEvent:
         shared_event_id=text(others.get("sharedEventID")),
         original_event_id=original_event_id(others),  # an imported corrected copy
         service_event_details=_object(service_event_details),
+        principal_id=principal_id,
     )
 
 
 # Memos of the per-event work on the strings a stream repeats: a node's callers, keys and seconds
 # recur from call to call, so most events cost a dictionary lookup instead of a JSON parse.
 @lru_cache(maxsize=4096)
-def _caller(user_identity: str | None) -> tuple[str | None, str | None, str | None, str | None]:
-    """(principal ARN, accountId, type, invokedBy) of a userIdentity."""
+def _caller(user_identity: str | None) -> tuple[str | None, str | None, str | None, str | None, str | None]:
+    """(principal ARN, accountId, type, invokedBy, principalId) of a userIdentity."""
     return caller(_json(user_identity) or {})
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "NETWORK_ACTIVITY",
     "KmsEvent",
     "caller",
+    "caller_id",
     "key_arns",
     "parse_time",
     "principal_arn",
@@ -61,6 +62,9 @@ class KmsEvent(NamedTuple):
     original_event_id: str | None = None
     # What KMS did on its own (an AwsServiceEvent): DeleteExpiredKeyMaterial names the material here.
     service_event_details: Mapping[str, Any] = MappingProxyType({})
+    # userIdentity.principalId: what tells apart SAML and web identity users, which have no ARN and
+    # (as CloudTrail documents them) no access key.
+    principal_id: str | None = None
 
     @property
     def call_id(self) -> str:
@@ -133,7 +137,7 @@ def read_event(record: Mapping[str, Any]) -> KmsEvent:
     identity = record.get("userIdentity") or {}
     request = _mapping(record.get("requestParameters"))
     response = _mapping(record.get("responseElements"))
-    principal, account, identity_type, invoked_by = caller(identity)
+    principal, account, identity_type, invoked_by, principal_id = caller(identity)
     return KmsEvent(
         event_id=str(record.get("eventID") or ""),
         event_time=parse_time(record["eventTime"]),
@@ -153,13 +157,25 @@ def read_event(record: Mapping[str, Any]) -> KmsEvent:
         shared_event_id=text(record.get("sharedEventID")),
         original_event_id=original_event_id(record),
         service_event_details=_mapping(record.get("serviceEventDetails")),
+        principal_id=principal_id,
     )
 
 
-def caller(identity: Mapping[str, Any]) -> tuple[str | None, str | None, str | None, str | None]:
-    """(principal ARN, accountId, type, invokedBy) of a userIdentity."""
+def caller(identity: Mapping[str, Any]) -> tuple[str | None, str | None, str | None, str | None, str | None]:
+    """(principal ARN, accountId, type, invokedBy, principalId) of a userIdentity."""
     return (principal_arn(identity), text(identity.get("accountId")), text(identity.get("type")),
-            text(identity.get("invokedBy")))
+            text(identity.get("invokedBy")), text(identity.get("principalId")))
+
+
+def caller_id(event: KmsEvent) -> str:
+    """Who made a call, for the rules and the ledger, which count a caller's calls: its principal
+    ARN; a caller with no ARN (a SAML or web identity user, an AWS service, a key owner's copy of
+    another account's call) by its account and what tells it apart there: its access key, else its
+    principalId, else the service that called (invokedBy). So two such callers are not one, and
+    stolen federated credentials are watched as any."""
+    if event.principal_arn:
+        return event.principal_arn
+    return f"caller {event.account_id or ''}/{event.access_key_id or event.principal_id or event.invoked_by or ''}"
 
 
 def text(value: Any) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from keytrail.detect.events import KmsEvent
+from keytrail.detect.events import KmsEvent, caller_id
 
 __all__ = ["KEY_PRINCIPALS", "UNCONFIRMED_KEYS", "KeyLedger", "KeyRecord"]
 
@@ -60,8 +60,9 @@ class KeyRecord:
     missing_materials: set[str] = field(default_factory=set)
     awaits_first_material: bool = False  # created PendingImport, no import seen since
     rotations: int = 0
-    # Each principal with a successful call on the key -> whether one of them was cryptographic:
-    # one entry per key x principal serves both "ever called" and "ever used" (new-principal-on-key).
+    # Each principal with a successful call on the key (events.caller_id: callers with no ARN too)
+    # -> whether one of them was cryptographic: one entry per key x principal serves both "ever
+    # called" and "ever used" (new-principal-on-key).
     principals: dict[str, bool] = field(default_factory=dict)
     crowded: bool = False  # a principal past KEY_PRINCIPALS called it, and is not remembered
     first_used: datetime | None = None  # the first successful cryptographic use seen
@@ -194,8 +195,7 @@ class KeyLedger:
 
     def _apply(self, record: KeyRecord, event: KmsEvent) -> None:
         record.confirmed = True
-        if (principal := event.principal_arn) is not None:
-            self._called_by(record, principal, event.is_crypto)
+        self._called_by(record, caller_id(event), event.is_crypto)  # a caller with no ARN too
         if event.is_crypto and (record.first_used is None or event.event_time < record.first_used):
             record.first_used = event.event_time
         name = event.event_name

@@ -50,6 +50,16 @@ def role(name: str = "app", account: str = ACCOUNT, invoked_by: str | None = Non
     return identity
 
 
+def federated(kind: str, name: str) -> dict[str, Any]:
+    """A SAML (`SAMLUser`) or web identity (`WebIdentityUser`) user as CloudTrail documents its
+    userIdentity (cloudtrail-event-reference-user-identity): no ARN, account or access key."""
+    provider = "https://idp.example.com/saml" if kind == "SAMLUser" else "accounts.google.com"
+    return {"type": kind, "principalId": f"{provider}:{name}", "userName": name, "identityProvider": provider}
+
+
+AWS_SERVICE = {"type": "AWSService", "invokedBy": "cloudtrail.amazonaws.com"}  # audit-anchors §1.4 E3
+
+
 def event(
     name: str,
     at: datetime,

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 from tests.unit.detect.records import (
     ACCOUNT,
+    AWS_SERVICE,
     T0,
     create_key,
     denied,
     event,
+    federated,
     key_arn,
     policy_doc,
     role,
@@ -726,6 +728,25 @@ def test_usage_spike_carries_baseline_and_observed_rate() -> None:
     assert alarm.details["baselineDurationMinutes"] == "120"
     # The minute crossed 10x baseline at 100 calls (MEDIUM), then went on to 50x at 250: HIGH.
     assert (alarm.severity, alarm.count, int(alarm.details["observedRate"])) == ("HIGH", 2, 250)
+
+
+def test_usage_spike_watches_callers_with_no_arn_each_on_its_own() -> None:
+    """A SAML or web identity user (as CloudTrail logs them: no ARN, account or access key) or an
+    AWS service surging on a key raised nothing: the rule passed over callers with no ARN. Each is
+    one caller by its principalId or service, not one with every other such caller of the account."""
+    steady = [federated("SAMLUser", "ann"), federated("WebIdentityUser", "bo"), AWS_SERVICE]
+    records = [r for who in steady for r in steady_traffic(KEY, who, T0, minutes=120, per_minute=5)]
+    for surging in (federated("WebIdentityUser", "bo"), AWS_SERVICE):
+        records += [event("Decrypt", BURST + timedelta(milliseconds=100 * i), KEY, surging) for i in range(150)]
+    detector = Detector()
+    detector.process(sorted(records, key=lambda r: r["eventTime"]))
+    alarms = sorted(by_rule(detector.alarms(), "usage-spike"), key=lambda a: a.summary)
+    assert [(a.principal_arn, a.details["baselineAverage"], a.details["observedRate"]) for a in alarms] == [
+        (None, "5.0000", "100"), (None, "5.0000", "100")]
+    assert alarms[0].summary.startswith(
+        f"a caller with no ARN (account {ACCOUNT}, AWS service cloudtrail.amazonaws.com) made 100 calls/min")
+    assert alarms[1].summary.startswith(
+        f"a caller with no ARN (account {ACCOUNT}, principalId accounts.google.com:bo) made 100 calls/min")
 
 
 def test_usage_spike_of_a_busy_pair_reaches_high_within_its_minute() -> None:

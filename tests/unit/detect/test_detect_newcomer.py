@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from tests.unit.detect.records import ACCOUNT, T0, create_key, denied, event, key_arn, role, user
+from tests.unit.detect.records import ACCOUNT, T0, create_key, denied, event, federated, key_arn, role, user
 
 from keytrail.detect import Detector, RuleSet
 
@@ -77,3 +77,17 @@ def test_the_rule_keeps_no_state_of_its_own_but_the_ledger_s() -> None:
     # who created it (no use), who uses it: one entry a principal, which the rule reads
     assert record is not None and record.principals == {
         user()["arn"]: False, f"arn:aws:iam::{ACCOUNT}:role/app": True, BATCH_ARN: True}
+
+
+def test_callers_with_no_arn_new_on_an_established_key_each_raise_their_own_alarm() -> None:
+    """SAML and web identity users (as CloudTrail logs them: no ARN, account or access key) using
+    a key for the first time raised nothing: the rule passed over callers with no ARN. Each is one
+    caller by its principalId, known once it used the key, as the ledger remembers any principal."""
+    ann, bo = federated("SAMLUser", "ann"), federated("WebIdentityUser", "bo")
+    calls = [event("Decrypt", WEEK + timedelta(hours=h), KEY, who) for h, who in ((2, ann), (3, bo), (4, ann))]
+    alarms = sorted(_newcomers([*_established(), *calls]), key=lambda a: a.summary)
+    assert [(a.principal_arn, a.key_arn, a.event_ids) for a in alarms] == [
+        (None, KEY, (calls[1]["eventID"],)), (None, KEY, (calls[0]["eventID"],))]
+    assert alarms[0].summary.startswith(
+        f"a caller with no ARN (account {ACCOUNT}, principalId accounts.google.com:bo) used {KEY} for the first time")
+    assert alarms[1].details["knownPrincipals"] == "1"  # APP; bo came after ann

@@ -8,9 +8,9 @@ from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
 from keytrail.detect.alarms import Finding
-from keytrail.detect.events import KmsEvent
+from keytrail.detect.events import KmsEvent, caller_id
 
-__all__ = ["Check", "LatestTime", "arn_region_account", "caller_id", "caller_name", "expected_caller"]
+__all__ = ["Check", "LatestTime", "arn_region_account", "caller_id", "caller_name", "caller_scope", "expected_caller"]
 
 
 class Check(Protocol):
@@ -33,17 +33,23 @@ def arn_region_account(arn: str | None) -> tuple[str | None, str | None]:
     return (parts[3] or None, parts[4] or None) if len(parts) >= 6 else (None, None)
 
 
-def caller_id(event: KmsEvent) -> str:
-    """Who made a call, for rules that count a caller's calls: its principal ARN, or for a caller
-    with no ARN (a SAML or web identity user, an AWSAccount caller) its account and access key,
-    so that two such callers are not one, and stolen federated credentials are watched as any."""
-    return event.principal_arn or f"caller {event.account_id or ''}/{event.access_key_id or ''}"
-
-
 def caller_name(event: KmsEvent) -> str:
-    """How a summary names the caller: its principal ARN, or what tells a caller with no ARN."""
-    return event.principal_arn or (f"a caller with no ARN (account {event.account_id or 'unknown'}, "
-                                   f"access key {event.access_key_id or 'unknown'})")
+    """How a summary names the caller: its principal ARN, or what tells a caller with no ARN
+    apart (as `caller_id` does)."""
+    if event.principal_arn:
+        return event.principal_arn
+    account = event.account_id or "unknown"
+    if event.access_key_id or not (event.principal_id or event.invoked_by):
+        return f"a caller with no ARN (account {account}, access key {event.access_key_id or 'unknown'})"
+    if event.principal_id:
+        return f"a caller with no ARN (account {account}, principalId {event.principal_id})"
+    return f"a caller with no ARN (account {account}, AWS service {event.invoked_by})"
+
+
+def caller_scope(event: KmsEvent) -> str | None:
+    """A finding's scope for its caller: callers with no ARN share `principalArn` null, and each
+    must have alarms of its own (one found first would hide the others in its alarm)."""
+    return None if event.principal_arn else caller_id(event)
 
 
 def expected_caller(event: KmsEvent, parameters: Mapping[str, Any]) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from keytrail.detect.alarms import Finding, caller_origin, format_time
-from keytrail.detect.checks import expected_caller
+from keytrail.detect.checks import caller_id, caller_name, caller_scope, expected_caller
 from keytrail.detect.events import CRYPTO_OPERATIONS, KmsEvent
 from keytrail.detect.ledger import KeyLedger
 from keytrail.detect.rules import Rule
@@ -39,9 +39,11 @@ class NewPrincipalOnKey:
         # Every successful cryptographic call passes here, almost all by a known user of the key:
         # that case is kept to two lookups (judged after the learning period first, it took about a
         # quarter of the detector's per-event time).
-        principal, keys = event.principal_arn, event.key_arns
-        if event.error_code is not None or principal is None:
+        if event.error_code is not None:
             return []
+        # A caller with no ARN (a SAML or web identity user) by its account and what tells it apart
+        # there, as the ledger remembers it: stolen federated credentials reach keys as any others do.
+        principal, keys = event.principal_arn or caller_id(event), event.key_arns
         # A ReEncrypt uses its source and its destination key (the same one, possibly).
         new = [key for key in (keys if len(keys) < 2 else dict.fromkeys(keys))
                if self._new_on(key, principal, event.event_time)]
@@ -64,7 +66,7 @@ class NewPrincipalOnKey:
         record = self.ledger.get(key_arn)
         assert record is not None and record.first_used is not None  # _new_on found both
         known = sum(record.principals.values())  # of its callers remembered (a crowded key has more)
-        who = event.principal_arn
+        who = caller_name(event)
         return Finding.on_event(
             self.rule_id,
             event,
@@ -75,4 +77,5 @@ class NewPrincipalOnKey:
             details={"eventName": event.event_name, "keyUsedSince": format_time(record.first_used),
                      "knownPrincipals": str(known)} | caller_origin(event),
             key_arn=key_arn,
+            scope=caller_scope(event),
         )

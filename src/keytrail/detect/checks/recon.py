@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from keytrail.detect.alarms import GATHERED_DETAILS, MAX_EVENT_IDS, MAX_GATHERED, Earlier, Finding, caller_origin
-from keytrail.detect.checks import LatestTime, caller_id, caller_name, expected_caller
+from keytrail.detect.checks import LatestTime, caller_id, caller_name, caller_scope, expected_caller
 from keytrail.detect.deny import DENIED_CODES
 from keytrail.detect.events import KmsEvent
 from keytrail.detect.ledger import UNCONFIRMED_KEYS
@@ -181,8 +181,7 @@ class KeyReconnaissance:
             details={"keyCount": str(len(survey.keys)), "deniedKeyCount": str(survey.denied_keys),
                      "eventNames": ",".join(sorted(survey.names))} | _joined(origins, caller_origin(event)),
             earlier=earlier,
-            # Callers with no ARN (principalArn null) are one survey each, and so one alarm each.
-            scope=None if event.principal_arn else caller_id(event),
+            scope=caller_scope(event),  # callers with no ARN are one survey each, and so one alarm each
         )
 
 

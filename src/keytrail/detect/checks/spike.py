@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from keytrail.detect.alarms import Finding
+from keytrail.detect.checks import caller_id, caller_name, caller_scope
 from keytrail.detect.events import KmsEvent
 from keytrail.detect.ledger import KEY_PRINCIPALS, UNCONFIRMED_KEYS, KeyLedger
 from keytrail.detect.rules import Rule
@@ -112,12 +113,14 @@ class UsageSpike:
     def observe(self, event: KmsEvent) -> list[Finding]:
         # Every event of the stream passes here: the common case (same pair, same minute, under
         # min_calls) is kept to a lookup and two comparisons.
-        key_arn, principal = event.key_arn, event.principal_arn
-        if key_arn is None or principal is None or event.event_name == "DeleteKey":
-            if key_arn is not None and event.event_name == "DeleteKey":  # KMS's own event, when the wait ends
+        key_arn = event.key_arn
+        if key_arn is None or event.event_name == "DeleteKey":
+            if key_arn is not None:  # KMS's own event, when the wait ends
                 self._forget(key_arn)
             return []
-        pair = (key_arn, principal)
+        # A caller with no ARN (a SAML or web identity user, an AWS service) by its account and
+        # what tells it apart there: stolen federated credentials surge as any others do.
+        pair = (key_arn, event.principal_arn or caller_id(event))
         minute = self._minute(event.event_time)
         rate = self._rates.get(pair) or self._rate_of_new_pair(pair, minute)
         if rate is None:  # a caller of a key whose pairs are all kept
@@ -221,7 +224,7 @@ class UsageSpike:
             self.rule_id,
             event,
             severity=Severity.HIGH if high else None,
-            summary=f"{event.principal_arn} made {observed} calls/min on {event.key_arn} "
+            summary=f"{caller_name(event)} made {observed} calls/min on {event.key_arn} "
             f"against a baseline of {baseline:.2f}/min",
             recommendation="Confirm the caller's new load is expected (deploy, backfill, cache off); "
             "if not, treat its credentials as compromised. Data-key caching or S3 "
@@ -233,4 +236,5 @@ class UsageSpike:
                 "baselinePeakRate": str(rate.peak()),
                 "eventName": event.event_name,
             },
+            scope=caller_scope(event),
         )

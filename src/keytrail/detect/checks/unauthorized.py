@@ -130,7 +130,7 @@ class UnauthorizedDecrypt:
         reason = parse_deny_reason(event.error_message)
         key = event.judged_key_arn  # a ReEncrypt may be refused on its destination
         # New on no key is no signal: every denial naming none would be (a HIGH alarm from the first).
-        new = key is not None and not self.ledger.has_used(key, event.principal_arn)
+        new = key is not None and not self.ledger.has_used(key, caller_id(event))
         bump = int(self.rule.param("new_principal_bump"))
         details = {
             "denyType": reason.kind,
