@@ -414,6 +414,35 @@ def test_bytes_appended_while_the_node_was_stopped_are_named_and_not_called_a_cr
     assert cut.read_bytes() == b"EVIL-INJECTED-BYTES-after-clean-stop"
 
 
+def test_records_a_start_cut_with_a_damaged_record_before_them_are_named_by_verify(tmp_path: Path) -> None:
+    """A record damaged mid-segment after a crash: the next start cuts the log there, and the whole
+    records after it, answered calls, leave the log (kept beside it in a `.cut-at-` file). No digest
+    signed them yet, so `audit verify` said "no record missing" (exit 0) though they were gone from
+    every reader. It names them, the file that holds them and how many."""
+    data = tmp_path / "data"
+    server = KeytrailServer(data).start()
+    alice = server.client("alice")
+    key = alice.create_key()["KeyMetadata"]["KeyId"]
+    answered = [alice.encrypt(KeyId=key, Plaintext=b"x")["ResponseMetadata"]["RequestId"] for _ in range(20)]
+    server.kill()
+    [segment] = event_log_dir(data).glob("*.seg")
+    damaged = bytearray(segment.read_bytes())
+    position = 0
+    for _ in range(10):  # past records 0..9 (CreateKey and 9 Encrypt calls): record 10's frame
+        position += 8 + int.from_bytes(damaged[position:position + 4], "little")
+    damaged[position + 20] ^= 0xFF  # its payload no longer matches its checksum
+    segment.write_bytes(bytes(damaged))
+    server.start()  # cuts the log at record 10, the 10 whole records after it with it
+    assert server.stop() == 0
+    assert set(answered[9:]).isdisjoint(_events(data))  # records 10..20 are out of the log
+    [kept] = event_log_dir(data).glob("*.cut-at-*")
+    verified = _verify_cli(data)
+    assert verified.returncode == 1, verified.stdout
+    assert (f"{kept.name}: the record at offset 10 of {segment.name} was damaged, and keytrail serve cut the log "
+            f"there when it opened it: the {len(damaged) - position} bytes from it on, 10 whole records among them "
+            "(answered calls), are out of the log, kept in this file") in verified.stdout, verified.stdout
+
+
 def test_an_idle_node_signs_a_digest_each_digest_interval(tmp_path: Path) -> None:
     """`--digest-interval` sets how often an idle node signs (the default is CloudTrail's hour)."""
     server = KeytrailServer(tmp_path / "data", "--digest-interval", "1", dev_clock=False).start()

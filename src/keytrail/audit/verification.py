@@ -42,6 +42,7 @@ from keytrail.audit.log_hashes import event_ids, read_records
 from keytrail.audit.shipper import ShippedOffset
 from keytrail.clock import dev_clock_ahead
 from keytrail.owner_only import open_regular
+from keytrail.transport.kept_tails import records_cut
 from keytrail.transport.segment_log import SegmentLog, writer_active
 
 __all__ = ["OffNode", "Verdict", "check", "public_key_problem", "verify"]
@@ -162,7 +163,8 @@ def _check_log(paths: IntegrityPaths, key: Ed25519PublicKey, log: SegmentLog, ex
                      "them: written just before the writer crashed (it hashes and signs them when the log next opens), "
                      "or added since; verify cannot tell which")
     damaged, torn = _damage(log, newest)
-    return problems + damaged + _check_shipped(log), notes + torn
+    cut = [found.text() for found in records_cut(log.directory)]
+    return problems + damaged + _check_shipped(log) + cut, notes + torn
 
 
 def _damage(log: SegmentLog, newest: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, MutableSequence, Sequence
 from itertools import repeat
 from typing import overload
 
-__all__ = ["FRAME", "FRAME_HEADER", "MAX_RECORD", "Payloads", "frame_bytes", "framed_size", "payloads_at",
-           "possible_length", "split", "verified_prefix"]
+__all__ = ["FRAME", "FRAME_HEADER", "MAX_RECORD", "Payloads", "frame_bytes", "framed_size", "one_unfinished_write",
+           "payloads_at", "possible_length", "split", "verified_prefix"]
 
 FRAME = struct.Struct("<II")
 #: Bytes before each payload on disk: its length and CRC32 (`Payloads.framed` keeps them).
@@ -121,3 +121,13 @@ def frame_bytes(data: bytes) -> int:
     """The bytes the frame at the start of `data` takes (0 when its length is impossible)."""
     length = FRAME.unpack_from(data)[0]
     return FRAME.size + length if possible_length(length) else 0
+
+
+def one_unfinished_write(head: bytes, size: int) -> bool:
+    """Whether the `size` bytes after a segment's last whole record, beginning with `head` (their
+    first FRAME_HEADER bytes, or all of them when fewer), are what a crash leaves of a write it
+    interrupted: one frame cut short or failing its checksum and nothing after it, or a header of
+    zeros first (the writer writes a batch's first header last, and a crash may keep a file's new
+    length but not its data). Otherwise they are damage with more after it."""
+    header = head[:FRAME.size]
+    return len(header) < FRAME.size or not header.strip(b"\0") or FRAME.size + FRAME.unpack(header)[0] >= size

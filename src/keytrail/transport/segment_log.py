@@ -31,7 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keytrail.owner_only import make_dirs, named, open_regular, sync_folder
-from keytrail.transport.frames import FRAME, Payloads, frame_bytes, payloads_at, split, verified_prefix
+from keytrail.transport.frames import (
+    FRAME,
+    Payloads,
+    frame_bytes,
+    one_unfinished_write,
+    payloads_at,
+    split,
+    verified_prefix,
+)
 
 __all__ = [
     "Cut", "CutShort", "Damage", "Frame", "LogLockedError", "LogMoved", "SegmentLog", "TornWrite", "event_log_dir",
@@ -634,9 +642,7 @@ def _ends_in_one_frame(segment: _Segment, file_size: int) -> bool:
     keep a file's new length but not its data)."""
     with open(open_regular(segment.path), "rb") as handle:
         handle.seek(segment.size)
-        header = handle.read(FRAME.size)
-        return (len(header) < FRAME.size or not header.strip(b"\0")
-                or segment.size + FRAME.size + FRAME.unpack(header)[0] >= file_size)
+        return one_unfinished_write(handle.read(FRAME.size), file_size - segment.size)
 
 
 def _cut_tail(segment: _Segment, file_size: int) -> Cut:
