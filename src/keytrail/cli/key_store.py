@@ -18,7 +18,7 @@ from keytrail.kms.postgres_connections import session_settings
 from keytrail.kms.postgres_documents import open_documents
 from keytrail.kms.postgres_ledger import LedgerWatch
 from keytrail.kms.postgres_store import DEFAULT_TIMEOUT, PostgresStore
-from keytrail.kms.resealing import DOCUMENT_TABLES
+from keytrail.kms.resealing import POSTGRES_TABLES
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, RootKeyUnusable, SealError
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
@@ -149,7 +149,7 @@ async def open_store_read_only(url: str, root: RootKey) -> PostgresStore:
 
 
 # The tables a reader needs: a database without the keys' has never been a key store.
-_READ_TABLES = [*(f"kms_{table.name}" for table in DOCUMENT_TABLES), "kms_root_key", "kms_ledger"]
+_READ_TABLES = [*(f"kms_{table.name}" for table in POSTGRES_TABLES), "kms_root_key", "kms_ledger"]
 _MISSING = "SELECT array_agg(t ORDER BY t) FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL"
 
 

@@ -47,7 +47,8 @@ from keytrail.detect.sinks.jsonl import read_alarms
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.errors import KmsError
 from keytrail.kms.evaluator import PolicyAuthorizer
-from keytrail.kms.model import AuditUnavailable, CallRecord, CallsInProgress, KeyLastUsage
+from keytrail.kms.key_last_use import LastUseStore, SharedLastUsage, UseOutbox, share_uses
+from keytrail.kms.model import AuditUnavailable, CallRecord, CallsInProgress, KeyLastUsage, LastUsageSource
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Store
 from keytrail.log_lines import LineThinner
@@ -76,11 +77,13 @@ class _DeniedCallCounter:
     """The audit sink with a count of denied calls by operation and principal (role sessions as
     their role) for /metrics: counted as each call is recorded, so a node counts its own calls
     whether or not it runs the detector (a counter that starts at zero with the process, as
-    Prometheus expects)."""
+    Prometheus expects). On a shared key store, the keys' uses of each call are noted too, once
+    its record is durable, for the other nodes (`uses`, kms/key_last_use.py)."""
 
-    def __init__(self, sink: AuditTrail, counts: Counter[tuple[str, str]]) -> None:
+    def __init__(self, sink: AuditTrail, counts: Counter[tuple[str, str]], uses: UseOutbox | None) -> None:
         self._sink = sink
         self._counts = counts
+        self._uses = uses
 
     def ready(self) -> None:
         self._sink.ready()
@@ -89,6 +92,8 @@ class _DeniedCallCounter:
         await self._sink.record(call)
         if call.error_code in DENIED_CODES and call.context is not None:
             self._counts[(call.event_name, call.context.principal.policy_arn)] += 1
+        if self._uses is not None:
+            self._uses.note(call)
 
 
 # Why the audit trail refused a caller's record, and with it the call (keytrail_audit_refused_calls_total):
@@ -135,7 +140,7 @@ class _LastUsageFromMetrics:
     def __init__(self, store: MetricsStore) -> None:
         self._store = store
 
-    def last_usage(self, key_arn: str) -> tuple[datetime | None, KeyLastUsage | None]:
+    async def last_usage(self, key_arn: str) -> tuple[datetime | None, KeyLastUsage | None]:
         row = self._store.last_usage(key_arn)
         if row is None:
             return self._store.time_bounds()[0], None
@@ -172,6 +177,8 @@ class Node:
     # The wall clock's Unix seconds as the node was built, under --dev-clock too: its own counters
     # count from zero from then on (process_start_time_seconds).
     started: float = field(default_factory=time.time)
+    # On a key store several nodes share: the keys' uses of this node's calls, not yet written there.
+    uses: UseOutbox | None = None
 
 
 def _authorizer(clock: Clock) -> Authorizer:
@@ -269,23 +276,30 @@ def _assemble(settings: ServeSettings, credentials: CredentialStore, store: Stor
                                   "another serve's): stop it first, or start serve with --no-detector")
     denied: Counter[tuple[str, str]] = Counter()
     refused: Counter[str] = Counter()
+    uses = UseOutbox() if audit is not None and isinstance(store, LastUseStore) else None
     deps = ServiceDeps(
-        store=store, clock=clock, audit=_DeniedCallCounter(audit, denied) if audit else _UnrecordedSink(),
-        authorizer=_authorizer(clock),
-        last_usage=_LastUsageFromMetrics(MetricsStore(data_dir)) if audit else None, in_progress=in_progress,
-        audit_refused=_refusal_counter(audit, refused),
+        store=store, clock=clock, audit=_DeniedCallCounter(audit, denied, uses) if audit else _UnrecordedSink(),
+        authorizer=_authorizer(clock), last_usage=_last_usage(data_dir, store) if audit else None,
+        in_progress=in_progress, audit_refused=_refusal_counter(audit, refused),
     )
     service = KmsService(deps)
     api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=NodeHealth(audit, StoreProbe(store)),
                       dev_clock=clock if isinstance(clock, ManualClock) else None)
     node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer, denied_counts=denied,
-                http_refusals=api.refusals, audit_refusals=refused)
+                http_refusals=api.refusals, audit_refusals=refused, uses=uses)
     if audit is not None:
         pipeline_metrics = _pipeline_metrics(consumer, audit)
         api.metrics = lambda: _metrics(node, pipeline_metrics)
     node.on_clock_advanced += [lambda: _record_dev_clock(node), service.run_due]
     api.on_clock_advanced = lambda: _clock_advanced(node)
     return node
+
+
+def _last_usage(data_dir: Path, store: Store) -> LastUsageSource:
+    """GetKeyLastUsage's source: the node's consumer, and on a key store several nodes share the
+    latest use any of them wrote there too (kms/key_last_use.py)."""
+    local = _LastUsageFromMetrics(MetricsStore(data_dir))
+    return SharedLastUsage(local, store) if isinstance(store, LastUseStore) else local
 
 
 def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Callable[[], Awaitable[str]]:
@@ -545,6 +559,8 @@ async def _start(node: Node) -> None:
         await node.service.run_due()
     node.background.append(asyncio.create_task(_scheduler(node)))
     node.background.append(asyncio.create_task(_say_overdue_refusals(node.app)))
+    if node.uses is not None and isinstance(node.service.store, LastUseStore):
+        node.background.append(asyncio.create_task(share_uses(node.uses, node.service.store)))
     # botocore reads and parses the KMS model (gzip JSON) on first use: 0.5-0.8 s that otherwise
     # falls on the first request; loaded before the freeze below, it is also out of the gc's reach.
     operation_names()
@@ -781,6 +797,9 @@ def _stop_stages(node: Node) -> list[list[_Part]]:
         readers.append(("detector", node.detector.close))
     if node.audit is not None:
         readers.append(("audit trail's last records and shipping", node.audit.finish))
+    if node.uses is not None and isinstance(node.service.store, LastUseStore):
+        readers.append(("the keys' last uses for the other nodes", functools.partial(node.uses.flush,
+                                                                                      node.service.store)))
     stages: list[list[_Part]] = [[("background tasks", lambda: _cancel(node.background))], readers]
     if node.audit is not None:
         stages.append([("audit trail", node.audit.close)])

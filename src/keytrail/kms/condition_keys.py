@@ -15,7 +15,7 @@ from keytrail.kms.context import CallContext, IdentityType
 from keytrail.kms.errors import InvalidGrantTokenException
 from keytrail.kms.grants import parse_grant_token
 from keytrail.kms.keys import DEFAULT_ROTATION_PERIOD_DAYS, Key
-from keytrail.kms.model import LastUsageSource
+from keytrail.kms.model import KeyLastUsage
 
 __all__ = [
     "ENCRYPTION_CONTEXT", "GRANT_CONSTRAINTS", "LAST_USAGE_ACTIONS", "RESOURCE_ALIASES", "TRAILING_DAYS",
@@ -180,11 +180,12 @@ def _tags(name: str, params: Mapping[str, Any], out: dict[str, Any]) -> None:
         out["aws:TagKeys"] = list(params["TagKeys"])
 
 
-def trailing_days_without_use(key: Key, now: datetime, source: LastUsageSource) -> int:
+def trailing_days_without_use(key: Key, now: datetime, tracking_start: datetime | None,
+                              last: KeyLastUsage | None) -> int:
     """kms:TrailingDaysWithoutKeyUsage: whole days (rounded down) since the key's last successful
-    cryptographic use as GetKeyLastUsage reports it; for a key unused since tracking began, since
-    its creation or the tracking start, whichever is later ("AWS KMS condition keys")."""
-    tracking_start, last = source.last_usage(key.arn)
+    cryptographic use as GetKeyLastUsage reports it (`LastUsageSource.last_usage`'s answer); for a
+    key unused since tracking began, since its creation or the tracking start, whichever is later
+    ("AWS KMS condition keys")."""
     if last is not None:
         since = last.timestamp
     elif tracking_start is not None:

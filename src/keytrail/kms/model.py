@@ -166,9 +166,10 @@ class KeyLastUsage:
 
 
 class LastUsageSource(Protocol):
-    """Where GetKeyLastUsage reads from: the last-used consumer's state.
+    """Where GetKeyLastUsage reads from: the last-used consumer's state (and, on a store several
+    nodes share, the store's: kms/key_last_use.py).
 
     Returns the tracking start date (None if tracking has not started) and the last use.
     """
 
-    def last_usage(self, key_arn: str) -> tuple[datetime | None, KeyLastUsage | None]: ...
+    async def last_usage(self, key_arn: str) -> tuple[datetime | None, KeyLastUsage | None]: ...

@@ -11,7 +11,7 @@ import asyncpg
 from keytrail.kms.authentic_docs import DocumentRefused, verify
 from keytrail.kms.codec import grant_from_doc
 from keytrail.kms.postgres_ledger import LEDGER_SCHEMA
-from keytrail.kms.resealing import DOCUMENT_TABLES, GRANTS, DocumentTable, reauthenticated
+from keytrail.kms.resealing import GRANTS, POSTGRES_TABLES, DocumentTable, reauthenticated
 from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey, SealError
 from keytrail.kms.store_ledger import Ledger
 from keytrail.kms.store_upgrade import Document, opening_plan
@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, sto
     doc TEXT NOT NULL, PRIMARY KEY (account, region, store_id));
 CREATE TABLE IF NOT EXISTS kms_owed_records (event_id TEXT PRIMARY KEY, doc TEXT NOT NULL,
     written_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS kms_key_last_use (account TEXT, region TEXT, key_id TEXT, doc TEXT NOT NULL,
+    PRIMARY KEY (account, region, key_id));
 DO $$ BEGIN
     IF NOT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = current_schema()
                    AND table_name = 'kms_owed_records' AND column_name = 'written_at') THEN
@@ -56,7 +58,7 @@ _SCHEMA_MISSING = """SELECT EXISTS (SELECT FROM unnest($1::text[]) AS t(name) WH
     OR NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kms_owed_records')
                    AND attname = 'written_at' AND NOT attisdropped)
     OR to_regclass('kms_grants_by_grantee') IS NULL"""
-_SCHEMA_TABLES = [*(f"kms_{table.name}" for table in DOCUMENT_TABLES), "kms_root_key", "kms_ledger"]
+_SCHEMA_TABLES = [*(f"kms_{table.name}" for table in POSTGRES_TABLES), "kms_root_key", "kms_ledger"]
 # What the store does to each of its tables. A role lacking one of them started a node that then
 # failed some calls only (a RevokeGrant without DELETE), each with a traceback in the log, while
 # every write's owed audit records stayed behind in kms_owed_records.
@@ -135,7 +137,7 @@ def _update(table: DocumentTable) -> str:
 
 async def _documents(connection: Any) -> list[Document]:
     found: list[Document] = []
-    for table in DOCUMENT_TABLES:
+    for table in POSTGRES_TABLES:
         rows = await connection.fetch(f"SELECT {', '.join(table.primary_key)}, doc FROM kms_{table.name}")
         found += [(table, tuple(row[column] for column in table.primary_key), row["doc"]) for row in rows]
     return found

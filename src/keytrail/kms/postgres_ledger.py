@@ -3,8 +3,9 @@ against the rows as a node connects and then every minute.
 
 Writes: each write transaction first locks the ledger row (`SELECT … FOR UPDATE`), so the writes
 of every node sharing the store take turns. They are control-plane calls (CreateKey, PutKeyPolicy,
-CreateGrant, …) and rare; Encrypt, Decrypt, GenerateDataKey and the other calls that only read
-neither write nor take that lock. The old row's document is read under the lock, its term leaves
+CreateGrant, …) and rare, and each node's write of its keys' last uses, a transaction a second at
+most (kms/postgres_last_use.py); Encrypt, Decrypt, GenerateDataKey and the other calls that only
+read neither write nor take that lock. The old row's document is read under the lock, its term leaves
 the ledger, the new row's enters it, and the ledger row is written before the commit.
 
 Checks: in one REPEATABLE READ snapshot, the ledger row and every row's key and MAC (its first
@@ -20,22 +21,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
 
 from keytrail.kms import errors
 from keytrail.kms.authentic_docs import HEAD_CHARS, DocumentRefused, Row
-from keytrail.kms.resealing import DOCUMENT_TABLES, DocumentTable
+from keytrail.kms.resealing import POSTGRES_TABLES, DocumentTable
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store_ledger import Entry, Ledger, LedgerMismatch
 
-__all__ = ["CHECK_EVERY", "LEDGER_SCHEMA", "LedgerWatch", "LedgerWriter", "read_ledger"]
+__all__ = ["CHECK_EVERY", "LEDGER_SCHEMA", "LedgerWatch", "LedgerWriter", "Write", "read_ledger"]
 
 log = logging.getLogger(__name__)
 
 LEDGER_SCHEMA = "CREATE TABLE IF NOT EXISTS kms_ledger (id INTEGER PRIMARY KEY, doc TEXT NOT NULL);"
+# A row to write: its primary key, the document it holds now as the writing transaction read it
+# (None: no row), and the upsert's arguments, the new document last.
+Write = tuple[Row, str | None, tuple[Any, ...]]
 # Seconds between two checks of the rows against the ledger: each reads a few bytes of every row.
 CHECK_EVERY = 60.0
 
@@ -86,11 +90,25 @@ class LedgerWriter:
             f"SELECT doc FROM kms_{table.name} WHERE {_key_columns(table)}", *row)
         return found
 
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        """The rows `sql` reads in this transaction, under the ledger's lock."""
+        return list(await self._connection.fetch(sql, *args))
+
     async def put(self, table: DocumentTable, row: Row, sql: str, args: tuple[Any, ...]) -> None:
         """Write `row` with `sql` (an upsert whose last argument is the document)."""
         old = await self.current(table, row)
         await self._connection.execute(sql, *args)
         self._ledger.replace(self._root, table.name, row, old, args[-1])
+        self._changed = True
+
+    async def put_many(self, table: DocumentTable, sql: str, writes: Sequence[Write]) -> None:
+        """Write several rows with `sql` (an upsert whose last argument is the document) in one round
+        trip, each over the document this transaction read in its row (`Write`)."""
+        if not writes:
+            return
+        await self._connection.executemany(sql, [args for _, _, args in writes])
+        for row, old, args in writes:
+            self._ledger.replace(self._root, table.name, row, old, args[-1])
         self._changed = True
 
     async def delete(self, table: DocumentTable, where: str, args: tuple[Any, ...]) -> int:
@@ -116,7 +134,7 @@ class LedgerWriter:
 
 async def _entries(connection: Any) -> list[Entry]:
     found: list[Entry] = []
-    for table in DOCUMENT_TABLES:
+    for table in POSTGRES_TABLES:
         columns = ", ".join(table.primary_key)
         rows = await connection.fetch(f"SELECT {columns}, left(doc, {HEAD_CHARS}) AS head FROM kms_{table.name}")
         found += [(table.name, tuple(row[column] for column in table.primary_key), row["head"]) for row in rows]

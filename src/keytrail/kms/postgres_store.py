@@ -47,14 +47,16 @@ from keytrail.kms.postgres_documents import (
     open_documents,
     reauthenticate,
 )
+from keytrail.kms.postgres_last_use import PostgresLastUse
 from keytrail.kms.postgres_ledger import CHECK_EVERY, LedgerWatch, LedgerWriter
 from keytrail.kms.postgres_owed_records import OWED_GRACE_SECONDS, PostgresOwedRecords
 from keytrail.kms.postgres_sealed_rows import PostgresSealedRows
 from keytrail.kms.resealing import (
     ALIASES,
-    DOCUMENT_TABLES,
     GRANTS,
+    KEY_LAST_USE,
     KEYS,
+    POSTGRES_TABLES,
     DocumentTable,
 )
 from keytrail.kms.sealing import RootKey
@@ -70,7 +72,7 @@ DEFAULT_TIMEOUT = 10.0
 PING_RECENT_SECONDS = 1.0
 
 _SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('keytrail.schema', 0))"
-_DOCUMENT_NAMES = ", ".join(f"kms_{table.name}" for table in DOCUMENT_TABLES)
+_DOCUMENT_NAMES = ", ".join(f"kms_{table.name}" for table in POSTGRES_TABLES)
 _OF_KEY = "account=$1 AND region=$2 AND key_id=$3"
 # A page of ListKeys, picked by the database: only its rows are verified and decoded (≈ 70 µs a key;
 # every key of the Region, for each page, took seconds at AWS's quota of 100,000). In byte order, as
@@ -120,17 +122,17 @@ async def _refuse_unless_vacuumable(connection: Any) -> None:
     """StoreBusy unless the role may rewrite every document table (VACUUM FULL). A role that does
     not own them had its rotation answered as done while the old root key's sealed values stayed
     in the tables' files, which a copy of the database gives to whoever holds that key."""
-    if tables := await connection.fetchval(_NOT_VACUUMABLE, [f"kms_{table.name}" for table in DOCUMENT_TABLES]):
+    if tables := await connection.fetchval(_NOT_VACUUMABLE, [f"kms_{table.name}" for table in POSTGRES_TABLES]):
         role = await connection.fetchval("SELECT current_user")
         raise StoreBusy(f"the role {role} does not own {', '.join(tables)}, so VACUUM FULL cannot rewrite them and "
                         "the old root key's sealed values would stay in their files: run root-key rotate as the "
                         "tables' owner; nothing was changed")
 
 
-class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
+class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
     """Keys, aliases, grants, import parameters and custom key stores (PostgresSealedRows) in
-    PostgreSQL, and the audit records owed by changes (PostgresOwedRecords). What those parts
-    share of it is PostgresStoreBase's."""
+    PostgreSQL, the audit records owed by changes (PostgresOwedRecords), and each key's last use
+    by any node (PostgresLastUse). What those parts share of it is PostgresStoreBase's."""
 
     def __init__(self, pool: Any, root: RootKey, timeout: float = DEFAULT_TIMEOUT,
                  check_every: float = CHECK_EVERY) -> None:
@@ -253,7 +255,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows):
     async def delete_key(self, key: Key, changed: Sequence[Key] = ()) -> None:
         scope = (key.account, key.region, key.key_id)
         async with self._ledgered() as writer:
-            for table in (KEYS, ALIASES, GRANTS):
+            for table in (KEYS, ALIASES, GRANTS, KEY_LAST_USE):
                 await writer.delete(table, _OF_KEY, scope)
             await self._puts(writer, changed)
         forget_sealed(key, self._root)

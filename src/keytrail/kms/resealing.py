@@ -18,7 +18,7 @@ from keytrail.kms.sealed_docs import (
 )
 from keytrail.kms.sealing import RootKey
 
-__all__ = ["DOCUMENT_TABLES", "OWED_RECORDS", "DocumentTable", "reauthenticated"]
+__all__ = ["DOCUMENT_TABLES", "KEY_LAST_USE", "OWED_RECORDS", "POSTGRES_TABLES", "DocumentTable", "reauthenticated"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,11 @@ CUSTOM_KEY_STORES = DocumentTable("custom_key_stores", ("account", "region", "st
 # no record is forged into the trail or a change's record deleted through the store; they seal nothing.
 OWED_RECORDS = DocumentTable("owed_records", ("event_id",), _unchanged, _unchanged)
 DOCUMENT_TABLES = (KEYS, ALIASES, GRANTS, IMPORT_PARAMETERS, CUSTOM_KEY_STORES, OWED_RECORDS)
+# The latest use of each key by any node sharing the store (kms/postgres_last_use.py), authenticated
+# and ledgered so that whoever can write the database cannot make a used key look unused. Only the
+# PostgreSQL store holds it: a SQLite store has one node, whose own audit trail sees every use.
+KEY_LAST_USE = DocumentTable("key_last_use", ("account", "region", "key_id"), _unchanged, _unchanged)
+POSTGRES_TABLES = (*DOCUMENT_TABLES, KEY_LAST_USE)
 
 
 def reauthenticated(table: DocumentTable, row: Row, text: str, old: RootKey, new: RootKey) -> str:

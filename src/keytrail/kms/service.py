@@ -364,7 +364,8 @@ class KmsService:
             aliases = await self.store.list_aliases(key.account, key.region)
             values[RESOURCE_ALIASES] = [a.name for a in aliases if a.key_id == key.key_id]
         if action in LAST_USAGE_ACTIONS and TRAILING_DAYS in reads and self.deps.last_usage is not None:
-            values[TRAILING_DAYS] = trailing_days_without_use(key, self.now(), self.deps.last_usage)
+            values[TRAILING_DAYS] = trailing_days_without_use(key, self.now(),
+                                                              *await self.deps.last_usage.last_usage(key.arn))
 
     async def authorize_alias(self, call: Call, action: str, name: str) -> None:
         """The alias half of CreateAlias, UpdateAlias and DeleteAlias: only IAM policies decide,

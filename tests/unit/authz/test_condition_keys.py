@@ -232,16 +232,6 @@ def test_organization_ids_are_those_of_the_callers_and_the_keys_accounts() -> No
     assert RequestContext(call(user("alice")), TAGGED, {}, lambda: NOW)("aws:principalorgid") is None
 
 
-class _Usage:
-    """A LastUsageSource with a fixed answer."""
-
-    def __init__(self, tracking_start: datetime | None, last: KeyLastUsage | None) -> None:
-        self.answer = (tracking_start, last)
-
-    def last_usage(self, key_arn: str) -> tuple[datetime | None, KeyLastUsage | None]:
-        return self.answer
-
-
 @pytest.mark.parametrize(
     ("created", "tracking_start", "last_used", "days"),
     [
@@ -255,4 +245,4 @@ def test_trailing_days_without_key_usage_counts_from_the_last_use_else_creation_
         created: datetime, tracking_start: datetime | None, last_used: datetime | None, days: int) -> None:
     last = KeyLastUsage("Encrypt", last_used, "event", None) if last_used else None
     used_key = dataclasses.replace(key({}), creation_date=created)
-    assert trailing_days_without_use(used_key, NOW, _Usage(tracking_start, last)) == days
+    assert trailing_days_without_use(used_key, NOW, tracking_start, last) == days

@@ -20,7 +20,7 @@ async def get_key_last_usage(svc: KmsService, call: Call) -> Response:
     source = svc.deps.last_usage
     if source is None:
         raise errors.UnsupportedOperationException("Key usage tracking is not running on this node.")
-    tracking_start, last = source.last_usage(key.arn)
+    tracking_start, last = await source.last_usage(key.arn)
     response: Response = {"KeyId": key.arn, "KeyCreationDate": key.creation_date,
                           "TrackingStartDate": _tracking_start_of(key.creation_date, tracking_start)}
     # "If the key has not been used since tracking began, this response element is an empty object."
