@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keytrail.pipeline.parquet import export_tables, remove_stale_temp_files, stale_days
+from keytrail.pipeline.parquet import ExportCutShort, export_tables, remove_stale_temp_files, stale_days
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.prometheus import MetricsExposition
 from keytrail.pipeline.query import MetricsStore, state_dir
@@ -21,6 +21,12 @@ from keytrail.transport.segment_log import event_log_dir
 __all__ = ["ConsumerSettings", "MetricsConsumer", "event_log_dir"]
 
 log = logging.getLogger(__name__)
+
+# How long an export may go on once the consumer is told to stop: the export at the stop writes a
+# few days' tables in well under this, but one pricing years of quiet days (a dev clock moved a
+# century ahead: 36,500 cost tables) held SIGTERM for over a minute. The rest waits for the next
+# start, which finds its days' usage tables older than the state (parquet.stale_days).
+STOP_EXPORT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class MetricsConsumer:
         self.store = MetricsStore(settings.data_dir)
         self.runner = self._new_runner()
         self._exported = time.monotonic()
+        self._stop_seen: float | None = None  # monotonic time an export first saw the stop
         self.exposition = MetricsExposition(self.store, settings.prices)
 
     def _default_source(self) -> Source:
@@ -123,11 +130,25 @@ class MetricsConsumer:
         self.stop_event.set()
 
     def export(self) -> None:
-        """Write the Parquet tables of the days changed since the last export."""
+        """Write the Parquet tables of the days changed since the last export; one still running
+        STOP_EXPORT_SECONDS after a stop is cut short, and the next start finishes it."""
         days, self.runner.dirty_days = self.runner.dirty_days, set()
         if days:
-            export_tables(self.settings.data_dir, days, self.settings.prices)
+            try:
+                export_tables(self.settings.data_dir, days, self.settings.prices, self._stop_waited)
+            except ExportCutShort as cut:
+                self.runner.dirty_days |= days
+                log.warning("the metrics export was cut short by the stop (%s): the next start writes the rest", cut)
         self._exported = time.monotonic()
+
+    def _stop_waited(self) -> bool:
+        """Whether a stop came STOP_EXPORT_SECONDS ago or more (the event is set by `stop()` or by
+        whoever owns the consumer: serve's child sets it on SIGTERM)."""
+        if not self.stop_event.is_set():
+            return False
+        if self._stop_seen is None:
+            self._stop_seen = time.monotonic()
+        return time.monotonic() - self._stop_seen >= STOP_EXPORT_SECONDS
 
     def _after_checkpoint(self) -> None:
         every = self.settings.export_seconds

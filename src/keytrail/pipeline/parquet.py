@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
@@ -24,16 +24,29 @@ from keytrail.pipeline.files import write_parquet
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.query import MetricsStore, state_dir
 
-__all__ = ["export_tables", "remove_stale_temp_files", "stale_days"]
+__all__ = ["ExportCutShort", "export_tables", "remove_stale_temp_files", "stale_days"]
 
 
-def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | None = None) -> list[Path]:
+class ExportCutShort(Exception):
+    """An export stopped before its usage tables, as `stopping` asked: they stay older than the
+    state, so the next export (the next start's, by `stale_days`) prices their days again and
+    writes the cost tables this one did not get to."""
+
+
+def _never() -> bool:
+    return False
+
+
+def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | None = None,
+                  stopping: Callable[[], bool] = _never) -> list[Path]:
     """Rewrite the usage tables of `days`, the cost tables whose figures they changed (of those
-    they may change, see `_cost_days`), and the last-used table; return the files written."""
+    they may change, see `_cost_days`), and the last-used table; return the files written.
+    ExportCutShort once `stopping()` says so before a cost table: a span of years of quiet days
+    (a dev clock moved a century: 36,500 tables) held a stopping consumer for over a minute."""
     store = MetricsStore(data_dir)
     root = data_dir / "metrics"
     changed = set(days)
-    written = []
+    written: list[Path] = []
     today = store.now().date()  # the data dir's: its dev clock's where one went ahead
     lifecycle = store.lifecycle()  # every day's storage is priced from it: read once, not once a day
     table = prices or PriceTable()
@@ -44,6 +57,8 @@ def export_tables(data_dir: Path, days: Iterable[date], prices: PriceTable | Non
     # So is the last-used table: written after them, one cut short before it was never written again.
     cost_days = _cost_days(root, store, lifecycle, changed, today, table.free_tier_requests > 0)
     for day, cost in store.daily_costs(table, cost_days, lifecycle):
+        if stopping():
+            raise ExportCutShort(f"{len(written)} of {len(cost_days)} cost tables written")
         if _write_if_changed(cost, path := _table(root, "cost", day)):
             written.append(path)
     written.append(_write(store.last_used_by_key(), root / "last_used" / "last_used.parquet"))

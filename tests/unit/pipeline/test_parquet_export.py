@@ -189,6 +189,31 @@ async def test_an_export_cut_short_is_finished_by_the_next_one(tmp_path: Path, m
     assert tables == {day: _answered(data_dir, day) for day in tables}
 
 
+
+async def test_an_export_still_running_after_a_stop_is_cut_short_and_the_next_start_finishes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dev clock moved ahead years has the export write a cost table for each quiet day (a
+    century: 36,500 tables, over a minute): a stop waited for all of them. Past the stop's wait
+    (0 s here) the export stops before its next table, and the next start writes what a full
+    export writes."""
+    from keytrail.pipeline import consumer as consumer_module
+
+    data_dir = tmp_path / "data"
+    made = datetime.now(UTC).replace(microsecond=0)
+    record_dev_clock(data_dir, made + timedelta(days=400))
+    records = [create_key(made, key_arn(1)), event("Encrypt", made + timedelta(days=400), key_arn(1), user("alice"))]
+    monkeypatch.setattr(consumer_module, "STOP_EXPORT_SECONDS", 0.0)
+    stopped = MetricsConsumer(ConsumerSettings(data_dir), RecordsSource(records))
+    stopped.stop()  # before its export at the end of the run
+    await stopped.run()
+    assert not (data_dir / "metrics" / "cost").exists() and not (data_dir / "metrics" / "usage").exists()
+    assert "the metrics export was cut short by the stop (0 of 401 cost tables written)" in caplog.text
+    await _consume(data_dir, records)  # the next start: every record counted already
+    tables = _daily_tables(data_dir)
+    assert sorted(tables) == [made.date() + timedelta(days=n) for n in range(401)]
+    assert tables == {day: _answered(data_dir, day) for day in tables}
+
 async def test_an_export_killed_before_its_last_used_table_is_finished_by_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
