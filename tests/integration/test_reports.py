@@ -202,6 +202,28 @@ def test_progress_bar_goes_to_stderr_only(trail: Path, tmp_path: Path) -> None:
     assert out.read_text().startswith("table,")
 
 
+def test_a_report_of_a_trail_holding_no_kms_record_says_so(trail: Path, tmp_path: Path) -> None:
+    # A trail that excludes KMS events (ExcludeManagementEventSources, a common saving) or the
+    # bucket's CloudTrail-Insight/ folder gave a report of empty tables and exit 0, without a word:
+    # no usage and no cost, as if no key were used (detect --cloudtrail says so of such files).
+    need_commands("report")
+    others = tmp_path / "AWSLogs" / "111122223333" / "CloudTrail" / "111122223333_CloudTrail_us-east-1_s3.json"
+    others.parent.mkdir(parents=True)
+    s3_call = {"eventVersion": "1.08", "eventSource": "s3.amazonaws.com", "eventName": "GetObject",
+               "eventTime": "2026-11-02T08:00:00Z", "eventID": "s3-call", "awsRegion": "us-east-1"}
+    insight = {"eventVersion": "1.08", "eventType": "AwsCloudTrailInsight", "eventCategory": "Insight",
+               "eventTime": "2026-11-02T08:00:00Z", "eventID": "insight", "awsRegion": "us-east-1",
+               "insightDetails": {"state": "Start", "eventSource": "kms.amazonaws.com", "eventName": "Decrypt"}}
+    others.write_text(json.dumps({"Records": [s3_call, insight]}))
+    result = keytrail("report", "--cloudtrail", str(tmp_path / "AWSLogs"), "--out", str(tmp_path / "r.json"))
+    assert result.stderr.splitlines() == [
+        f"wrote {tmp_path / 'r.json'} (json: 0 events, 0 keys, 0 alarms)",
+        "note: the CloudTrail files given hold no KMS record (2 records of other services): the report's tables "
+        "are empty, which says nothing of KMS use (a trail that excludes KMS events logs none)"]
+    result = keytrail("report", "--cloudtrail", str(trail), "--out", str(tmp_path / "k.json"))
+    assert "note:" not in result.stderr
+
+
 def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     need_commands("report")
     result = keytrail("report", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "r.html"),

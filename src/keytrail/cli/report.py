@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +39,7 @@ from keytrail.reports.progress import Progress
 if TYPE_CHECKING:
     from keytrail.pipeline.runner import Source
     from keytrail.reports.collect import ReportData, ReportOptions
+    from keytrail.transport.cloudtrail_logs import ReadReport
 
 __all__ = ["register", "report"]
 
@@ -74,7 +78,7 @@ def report(
     cloudtrail = cloudtrail_paths(cloudtrail, ctx.args, "keytrail report")
     to_stdout = str(out) == "-"
     if to_stdout:  # as for most tools (`--out - --format csv | …`): it wrote a file named "-"
-        out = Path("/dev/stdout")  # written into as it is made, as any FIFO or device (reports/output.py)
+        out = Path("/dev/stdout")  # for the checks below: the report is copied to the descriptor itself
     if data_dir is not None and cloudtrail:
         raise report_fail("give --data-dir or --cloudtrail, not both")
     _refuse_node_file(out, None if cloudtrail else data_dir or Path("keytrail-data"))
@@ -91,14 +95,17 @@ def report(
                             data_dir=None if cloudtrail else data_dir or Path("keytrail-data"))
     if alarms is not None and not alarms.is_file():  # a folder named is there: "no such file" misled
         raise report_fail(f"--alarms: {'not a file' if alarms.exists() else 'no such file'}: {alarms}")
-    unreadable: list[str] = []  # problems in the CloudTrail log files, each said on stderr as met
+    from keytrail.transport.cloudtrail_logs import ReadReport
+
+    read = ReadReport()  # of the CloudTrail log files: its problems each said on stderr as met
     try:
         with terminate_as_interrupt():  # a SIGTERM while writing removes the half-written file, as Ctrl-C does
             data = (collect_event_log(log, options, progress) if log
-                    else _collect_files(cloudtrail or [], options, progress, unreadable))
+                    else _collect_files(cloudtrail or [], options, progress, read))
             _require_period(since, low, high, data.as_of, data.open_end.late if data.open_end else 0)
-            written = _write(data, out, form, table,
-                             owner_only=not cloudtrail and within(out, data_dir or Path("keytrail-data")))
+            written = (_write_standard_output(data, form, table) if to_stdout else
+                       _write(data, out, form, table,
+                              owner_only=not cloudtrail and within(out, data_dir or Path("keytrail-data"))))
     except Terminated as stopped:
         raise report_fail("stopped (SIGTERM): no report written", code=interrupted_status(stopped)) from None
     # The period's events, as the page's card says them: not every event read (a December report
@@ -114,8 +121,10 @@ def report(
         from keytrail.reports.figures import ahead_note
 
         typer.echo(ahead_note(data.open_end), err=True)
-    if unreadable:
-        raise report_fail(f"{counted(len(unreadable), 'problem')} in the CloudTrail log "
+    if cloudtrail and not read.records and not read.problems:  # empty tables must not read as a quiet period
+        typer.echo(f"note: {_NO_KMS_RECORD.format(counted(read.skipped, 'record'))}", err=True)
+    if read.problems:
+        raise report_fail(f"{counted(len(read.problems), 'problem')} in the CloudTrail log "
                           "files (above): the report leaves out what could not be read", code=1)
     if not cloudtrail:
         _require_whole_log(data_dir or Path("keytrail-data"))
@@ -136,6 +145,21 @@ def _write(data: ReportData, out: Path, form: ReportFormat, table: str | None, *
         return write_report(data, out, form, table, owner_only=owner_only)
     except OSError as error:
         raise report_fail(f"--out: cannot write {out}: {error.strerror or error}", code=1) from None
+
+
+def _write_standard_output(data: ReportData, form: ReportFormat, table: str | None) -> Path:
+    """`--out -`: the report made whole in a private temporary folder, then copied to the
+    descriptor the shell gave. Opened again by name (/dev/stdout), a file that standard output was
+    redirected to was truncated, `>>` too, and what was written there before the report was lost."""
+    with tempfile.TemporaryDirectory(prefix="keytrail-report-") as folder:
+        made = _write(data, Path(folder) / "report", form, table, owner_only=True)
+        try:
+            with made.open("rb") as report:
+                shutil.copyfileobj(report, sys.stdout.buffer)
+            sys.stdout.buffer.flush()
+        except OSError as error:  # the reader gone (`| head -1`), a full disk
+            raise report_fail(f"--out: cannot write standard output: {error.strerror or error}", code=1) from None
+    return Path("-")
 
 
 def _require_period(since: str | None, low: datetime | None, high: datetime | None, as_of: datetime | None,
@@ -171,39 +195,49 @@ def _log_dir(data_dir: Path) -> tuple[Path, str, Path]:
     return log, str(data_dir), data_dir / "alarms.jsonl"
 
 
+#: A trail can leave KMS out (ExcludeManagementEventSources: kms.amazonaws.com, a common saving:
+#: audit-anchors §1.1, §4): its files give a report of empty tables, as if no key were used.
+_NO_KMS_RECORD = ("the CloudTrail files given hold no KMS record ({} of other services): the report's tables are "
+                  "empty, which says nothing of KMS use (a trail that excludes KMS events logs none)")
+
+
 def _collect_files(paths: list[Path], options: ReportOptions, progress: bool | None,
-                   unreadable: list[str]) -> ReportData:
+                   read: ReadReport) -> ReportData:
     """The report of CloudTrail log files, consumed in this process (their records are read
     through a generator, which cannot be handed to a child)."""
     from keytrail.reports.collect import collect_sync
 
     bar = Progress("files", enabled=progress)
     try:
-        return collect_sync(_files_source(paths, bar, unreadable), options)
+        return collect_sync(_files_source(paths, bar, read), options)
     finally:
         bar.close()
 
 
-def _files_source(paths: list[Path], bar: Progress, unreadable: list[str]) -> Source:
-    """The records of the CloudTrail log files; each problem reading them is said on stderr and
-    added to `unreadable`, so that the report, written from the rest, exits 1 as `consume` does."""
+def _files_source(paths: list[Path], bar: Progress, read: ReadReport) -> Source:
+    """The records of the CloudTrail log files, counted in `read`; each problem reading them is said
+    on stderr and added to `read.problems`, so that the report, written from the rest, exits 1 as
+    `consume` does."""
     from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION
     from keytrail.pipeline.sources import RecordsSource
     from keytrail.transport.cloudtrail_logs import iter_cloudtrail_records, iter_log_files
 
-    files = list(iter_log_files(paths, lambda text: _name_problem(text, unreadable)))
+    def unlisted(text: str) -> None:  # a folder or file the walk cannot read: no file's read counts it
+        _name_problem(text)
+        read.problems.append(text)
+
+    files = list(iter_log_files(paths, unlisted))
 
     def records() -> Iterator[dict[str, Any]]:
         for done, path in enumerate(files, start=1):
-            yield from iter_cloudtrail_records([path], on_problem=lambda text: _name_problem(text, unreadable))
+            yield from iter_cloudtrail_records([path], report=read, on_problem=_name_problem)
             bar.update(done, len(files))
 
     return RecordsSource(records(), partition=CLOUDTRAIL_PARTITION)
 
 
-def _name_problem(text: str, unreadable: list[str]) -> None:
+def _name_problem(text: str) -> None:
     typer.echo(f"skipped: {text}", err=True)  # worded as audit import, consume and detect say it
-    unreadable.append(text)
 
 
 def register(app: typer.Typer) -> None:
