@@ -131,6 +131,20 @@ def test_report_out_dash_writes_standard_output(tmp_path: Path) -> None:
     assert result.stderr.startswith("wrote standard output (csv: 3 events") and not (tmp_path / "-").exists()
 
 
+def test_report_out_dash_appends_to_a_file_standard_output_was_redirected_to(tmp_path: Path) -> None:
+    # Opened again as /dev/stdout, the file `>>` named was truncated: what was there before was lost.
+    fill_trail(tmp_path / "node", 3)
+    target = tmp_path / "out.txt"
+    target.write_text("before\n")
+    with target.open("a") as appended:
+        result = subprocess.run([sys.executable, "-m", "keytrail", "report", "--data-dir", str(tmp_path / "node"),
+                                 "--out", "-", "--format", "csv", "--table", "usage"],
+                                stdout=appended, stderr=subprocess.PIPE, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = target.read_text().splitlines()
+    assert lines[0] == "before" and lines[1].startswith("table,") and KEY_ARN in lines[2]
+
+
 def test_report_reads_an_alarms_file_with_unreadable_lines_and_mistyped_fields(tmp_path: Path) -> None:
     fill_trail(tmp_path / "node", 3)
     alarms = tmp_path / "alarms.jsonl"
