@@ -54,6 +54,29 @@ def _serve_on(tmp_path: Path, database: str, port: int) -> KeytrailServer:
                           dev_clock=False).start()
 
 
+
+async def _session_names(database: str) -> set[str]:
+    """The application_name of every session on `database` (pg_stat_activity)."""
+    connection = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    try:
+        rows = await connection.fetch("SELECT application_name FROM pg_stat_activity WHERE datname = $1", database)
+    finally:
+        await connection.close()
+    return {row[0] for row in rows}
+
+
+def test_a_node_s_key_store_sessions_say_which_node_holds_them(tmp_path: Path, database: str) -> None:
+    # pg_stat_activity showed an empty application_name: a DBA could not tell keytrail's sessions
+    # from others', nor which node held them. A name the store's URL gives is kept.
+    url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    for query, name in (("", "keytrail serve 127.0.0.1:{port}"), ("?application_name=billing-kms", "billing-kms")):
+        server = KeytrailServer(tmp_path / "data", "--store", url + query, dev_clock=False).start()
+        try:
+            server.client("alice").create_key()
+            assert asyncio.run(_session_names(database)) == {name.format(port=server.port)}
+        finally:
+            server.stop()
+
 def test_a_lost_key_store_fails_calls_with_an_aws_error_and_metrics_still_answer(
         tmp_path: Path, database: str) -> None:
     relay = TcpRelay(5432).restore()

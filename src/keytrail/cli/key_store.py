@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import asyncpg
 
@@ -133,7 +133,8 @@ async def open_store_read_only(url: str, root: RootKey) -> PostgresStore:
         raise StoreUnavailable(problem)
     with _unavailable_unless_opened(url):
         pool = await asyncpg.create_pool(
-            url, min_size=1, max_size=2, timeout=DEFAULT_TIMEOUT, command_timeout=DEFAULT_TIMEOUT,
+            _named(url, "keytrail analyze"), min_size=1, max_size=2, timeout=DEFAULT_TIMEOUT,
+            command_timeout=DEFAULT_TIMEOUT,
             server_settings={**session_settings(DEFAULT_TIMEOUT), "default_transaction_read_only": "on"})
     try:
         with _unavailable_unless_opened(url):
@@ -205,8 +206,21 @@ async def _check_reachable(url: str) -> None:
 async def _connect_store(settings: ServeSettings, root: RootKey) -> Store:
     if settings.store is None:
         return SqliteStore(settings.data_dir / "keys.db", root)
+    node = f"keytrail serve {settings.host}:{settings.port}"  # pg_stat_activity's application_name
     with _unavailable_unless_opened(settings.store):
-        return await PostgresStore.connect(settings.store, root)
+        return await PostgresStore.connect(_named(settings.store, node), root)
+
+
+def _named(url: str, name: str) -> str:
+    """`url` with PostgreSQL's `application_name` set to `name`, unless the URL sets one: its sessions
+    showed none in pg_stat_activity, and a DBA could tell neither keytrail's from others' nor which
+    node held them (asyncpg takes the URL's query parameters as the session's settings). Appended
+    to the text: urlunsplit writes `postgresql:///db` (a Unix socket's) as `postgresql:/db`."""
+    query = urlsplit(url).query
+    if "application_name" in parse_qs(query):
+        return url
+    separator = "&" if query else ("" if url.endswith("?") else "?")
+    return f"{url}{separator}{urlencode({'application_name': name})}"
 
 
 @contextlib.contextmanager
