@@ -46,6 +46,7 @@ __all__ = [
     "load_schema",
     "message_key",
     "message_key_bytes",
+    "names_aws_managed_key",
     "principal_arn",
     "to_polars",
     "writer_schema_paths",
@@ -282,6 +283,13 @@ def key_arns(resources: Any) -> tuple[str, ...]:
 def is_key_arn(arn: str) -> bool:
     """Whether an ARN names a KMS key (`…:key/<id>`), not an alias (`…:alias/<name>`)."""
     return arn.split(":", 5)[-1].startswith("key/")
+
+
+def names_aws_managed_key(key_id: Any) -> bool:
+    """Whether a call's `keyId` is an AWS managed key's alias (`alias/aws/ssm`, or its alias ARN):
+    the prefix is reserved for them (AWS KMS concepts, "Aliases"), so the key it resolved to costs
+    nothing to keep and no one can delete it, though its CreateKey lies before the trail."""
+    return isinstance(key_id, str) and key_id.split(":", 5)[-1].startswith("alias/aws/")
 
 
 def principal_arn(identity: Mapping[str, Any]) -> str | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from keytrail.audit.schema import names_aws_managed_key
 from keytrail.detect.events import KmsEvent, caller_id
 
 __all__ = ["KEY_PRINCIPALS", "UNCONFIRMED_KEYS", "KeyLedger", "KeyRecord"]
@@ -195,6 +196,8 @@ class KeyLedger:
 
     def _apply(self, record: KeyRecord, event: KmsEvent) -> None:
         record.confirmed = True
+        if record.key_arn == event.key_arns[0] and names_aws_managed_key(event.request_parameters.get("keyId")):
+            record.key_manager = "AWS"  # an AWS managed key's alias named it: its CreateKey is seldom in a trail
         self._called_by(record, caller_id(event), event.is_crypto)  # a caller with no ARN too
         if event.is_crypto and (record.first_used is None or event.event_time < record.first_used):
             record.first_used = event.event_time

@@ -14,9 +14,10 @@ from datetime import datetime
 
 import polars as pl
 
+from keytrail.audit.schema import names_aws_managed_key
 from keytrail.reports.alias_evidence import empty_evidence, first_and_last_uses
 
-__all__ = ["AliasTally", "Holding", "holdings", "key_aliases", "with_aliases"]
+__all__ = ["AliasTally", "Holding", "aws_managed", "holdings", "key_aliases", "with_aliases"]
 
 _COMPACT_PARTS = 64  # batches of evidence kept apart before their uses are cut to first and last again
 _TAKES_ALIAS = frozenset({"CreateAlias", "UpdateAlias", "use"})
@@ -113,6 +114,12 @@ def key_aliases(found: Iterable[Holding], since: datetime | None, until: datetim
         if holding.overlaps(since, until):
             names.setdefault(holding.key_arn, set()).add(holding.alias)
     return {key: " ".join(sorted(aliases)) for key, aliases in sorted(names.items())}
+
+
+def aws_managed(found: Iterable[Holding]) -> list[str]:
+    """The keys an AWS managed key's alias (`alias/aws/…`) named at any time: AWS managed keys,
+    free to keep and never to delete, though no CreateKey in the records says so."""
+    return sorted({holding.key_arn for holding in found if names_aws_managed_key(holding.alias)})
 
 
 def with_aliases(frame: pl.DataFrame, aliases: Mapping[str, str]) -> pl.DataFrame:

@@ -31,7 +31,7 @@ from keytrail.pipeline.query import MetricsStore, OpenEnd, state_dir
 from keytrail.pipeline.runner import Batch, Runner, Source
 from keytrail.reports.alarms import KeysAtStart, alarms_frame, read_alarm_lines
 from keytrail.reports.alias_evidence import decode
-from keytrail.reports.aliases import AliasTally, holdings, key_aliases, with_aliases
+from keytrail.reports.aliases import AliasTally, aws_managed, holdings, key_aliases, with_aliases
 from keytrail.reports.denied import DeniedTally
 from keytrail.reports.figures import (
     USAGE_FIELDS,
@@ -262,11 +262,14 @@ def _tables(store: MetricsStore, consumed: _Consumed, options: ReportOptions) ->
 
 def _named(data: ReportData, evidence: pl.DataFrame) -> ReportData:
     """`data` with its keys' aliases in the period (from `since`, or the records' start, to the
-    as-of time) in an `aliases` column after each table's own, in every table that names keys."""
-    names = key_aliases(holdings(evidence), data.options.since, data.as_of)
+    as-of time) in an `aliases` column after each table's own, in every table that names keys; a
+    key an `alias/aws/…` named is no unused key (AWS managed, as the unused-key rule skips it)."""
+    found = holdings(evidence)
+    names = key_aliases(found, data.options.since, data.as_of)
+    last_used = data.last_used.with_columns(unused=pl.col("unused") & ~pl.col("keyArn").is_in(aws_managed(found)))
     return replace(data, aliases=names, usage=with_aliases(data.usage, names),
                    usage_over_time=with_aliases(data.usage_over_time, names), cost=with_aliases(data.cost, names),
-                   last_used=with_aliases(data.last_used, names), denied=with_aliases(data.denied, names),
+                   last_used=with_aliases(last_used, names), denied=with_aliases(data.denied, names),
                    alarms=with_aliases(data.alarms, names))
 
 

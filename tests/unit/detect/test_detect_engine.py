@@ -337,6 +337,19 @@ def test_unused_key_skips_an_aws_managed_key_whose_record_spells_keymanager_as_o
     detector.process([made])
     assert detector.tick(T0 + timedelta(days=400)) == []
 
+def test_unused_key_skips_a_key_named_by_an_aws_managed_alias() -> None:
+    """alias/aws/… names AWS managed keys alone (AWS KMS concepts, "Aliases"); CloudTrail files
+    seldom reach back to their CreateKey, so an idle aws/ssm key used by alias was alarmed as
+    a key to delete to save $1.00 a month: it costs nothing and no one can delete it."""
+    detector = Detector()
+    managed, managed_by_arn, customer = key_arn(1), key_arn(2), key_arn(3)
+    by_arn_alias = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/aws/ebs"
+    detector.process([event("Encrypt", T0, managed, params={"keyId": "alias/aws/ssm"}),
+                      event("GenerateDataKey", T0, managed_by_arn, params={"keyId": by_arn_alias}),
+                      event("Encrypt", T0, customer, params={"keyId": "alias/aws-app"})])
+    assert [alarm.key_arn for alarm in detector.tick(T0 + timedelta(days=400))] == [customer]
+
+
 def re_encrypt_failing_on_destination(at: datetime, source: str, destination: str, identity: dict[str, Any],
                                       error: str, message: str) -> dict[str, Any]:
     """A ReEncrypt refused on its destination key: CloudTrail lists the source key first."""

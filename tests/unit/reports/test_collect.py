@@ -22,7 +22,7 @@ from keytrail.reports.figures import choose_window, month_bounds
 from keytrail.reports.html import money, render_html
 from keytrail.reports.output import ReportFormat, write_report
 from keytrail.transport.segment_log import SegmentLog
-from tests.unit.reports.records import ACCOUNT, key_arn, record, user_arn
+from tests.unit.reports.records import ACCOUNT, by_alias, key_arn, record, user_arn
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
 AS_OF = datetime(2026, 11, 16, tzinfo=UTC)  # half of November gone
@@ -187,6 +187,16 @@ def test_aws_managed_keys_are_not_marked_unused() -> None:
     events = [made, record("CreateKey", NOV - timedelta(days=60), IDLE)]
     data = collect_sync(RecordsSource(events), ReportOptions(until=AS_OF, alarms=Path(__file__).with_name("none")))
     assert dict(data.last_used.select("keyArn", "unused").iter_rows()) == {managed: False, IDLE: True}
+
+def test_a_key_named_by_an_aws_managed_alias_is_not_marked_unused() -> None:
+    """alias/aws/… names AWS managed keys alone: one made before the input, used by that alias,
+    then idle, was listed as a key to delete."""
+    managed = key_arn("aws-ssm")
+    events = [by_alias("Encrypt", NOV - timedelta(days=60), "alias/aws/ssm", managed),
+              record("Encrypt", NOV - timedelta(days=60), IDLE)]
+    data = collect_sync(RecordsSource(events), ReportOptions(until=AS_OF, alarms=Path(__file__).with_name("none")))
+    assert dict(data.last_used.select("keyArn", "unused").iter_rows()) == {managed: False, IDLE: True}
+
 
 def _unused_alarm(alarm_id: str, key: str, idle_since: datetime, raised: datetime) -> dict[str, Any]:
     return {"alarmId": alarm_id, "rule": "unused-key", "severity": "LOW", "keyArn": key, "principalArn": None,
