@@ -443,6 +443,33 @@ def test_records_a_start_cut_with_a_damaged_record_before_them_are_named_by_veri
             "(answered calls), are out of the log, kept in this file") in verified.stdout, verified.stdout
 
 
+@pytest.mark.parametrize("damaged", ["a middle record", "the last record"])
+def test_a_start_over_a_damaged_record_the_digests_sign_is_refused_before_it_cuts_anything(
+        tmp_path: Path, damaged: str) -> None:
+    """A record damaged while the node was stopped (its final digest signs every record): the start
+    cut the log at it, the signed records after it with it, and then refused, "signed records are
+    gone", the log no longer as it was for a restore or for `verify` to name the damage. Refused
+    first, it cuts nothing."""
+    data = tmp_path / "data"
+    _session(server := KeytrailServer(data))  # CreateKey and 3 Encrypt calls, stopped cleanly
+    [segment] = event_log_dir(data).glob("*.seg")
+    damaged_bytes = bytearray(segment.read_bytes())
+    record, position = (1 if damaged == "a middle record" else 3), 0
+    for _ in range(record):
+        position += 8 + int.from_bytes(damaged_bytes[position:position + 4], "little")
+    damaged_bytes[position + 20] ^= 0xFF  # its payload no longer matches its checksum
+    segment.write_bytes(bytes(damaged_bytes))
+    with pytest.raises(RuntimeError, match="keytrail serve exited"):
+        server.start()
+    said = server.log.read_text().splitlines()[-1]
+    assert said == (f"keytrail serve: the audit log {segment.parent} is damaged at record offset {record} "
+                    f"({segment.name}), and the newest digest signs records up to offset 3: nothing was cut "
+                    f"(`keytrail audit verify` names the damage); restore {segment.parent} from a backup, or move "
+                    f"{segment.parent.parent} aside to start a new trail"), said
+    assert segment.read_bytes() == damaged_bytes and list(segment.parent.glob("*.cut-at-*")) == []
+    assert f"record at offset {record}: checksum mismatch (altered)" in _verify_cli(data).stdout
+
+
 def test_an_idle_node_signs_a_digest_each_digest_interval(tmp_path: Path) -> None:
     """`--digest-interval` sets how often an idle node signs (the default is CloudTrail's hour)."""
     server = KeytrailServer(tmp_path / "data", "--digest-interval", "1", dev_clock=False).start()

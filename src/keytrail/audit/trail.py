@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from keytrail.audit.call_encoder import CallEncoder
-from keytrail.audit.integrity import IMPORT_ORIGIN, ChainWriter, IntegrityFileUnusable, IntegrityPaths, beside
+from keytrail.audit.integrity import (
+    IMPORT_ORIGIN,
+    ChainWriter,
+    IntegrityFileUnusable,
+    IntegrityPaths,
+    beside,
+    signed_end,
+)
 from keytrail.audit.schema import EventCodec
 from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset
 from keytrail.audit.shipping import ShipperProcess
@@ -29,7 +36,7 @@ from keytrail.audit.spool import Spool, SpoolError
 from keytrail.children import Child
 from keytrail.kms.model import CallRecord, CallsInProgress
 from keytrail.owner_only import sync_folder
-from keytrail.transport.segment_log import SegmentLog, event_log_dir
+from keytrail.transport.segment_log import CutRefused, SegmentLog, event_log_dir
 
 __all__ = ["AuditSettings", "AuditTrail", "SpoolError", "audit_paths"]
 
@@ -76,6 +83,32 @@ def audit_paths(data_dir: Path) -> tuple[Path, IntegrityPaths]:
     return log_dir, beside(log_dir)
 
 
+def _open_writer(log_dir: Path, integrity: IntegrityPaths, segment_bytes: int) -> SegmentLog:
+    """Open the event log as its writer, which cuts a crash's torn tail. Never records the newest
+    digest signs or Kafka acknowledged: those were durable before, so bytes that are no record
+    below them are damage. Cut, they left the log and the start was refused anyway ("signed
+    records are gone"): refused first, the log stays as it was, for `verify` and a restore."""
+    signed, shipped = signed_end(integrity) or 0, ShippedOffset(log_dir.parent / "shipped-offset")
+    try:
+        return SegmentLog(log_dir, segment_bytes=segment_bytes, writable=True, keep_below=max(signed, shipped.value))
+    except CutRefused as refused:
+        raise IntegrityFileUnusable(_damaged_below(refused, signed, shipped)) from None
+
+
+def _damaged_below(refused: CutRefused, signed: int, shipped: ShippedOffset) -> str:
+    """Why the start is refused when the records after a damaged one are signed or shipped."""
+    log_dir = refused.segment.parent
+    if signed > refused.offset:
+        kept, undo = f"the newest digest signs records up to offset {signed - 1}", ""
+    else:
+        kept = f"Kafka acknowledged records up to offset {shipped.value - 1} ({shipped.path})"
+        undo = (f", or, to go on without the records from offset {refused.offset} on (Kafka keeps them), write "
+                f"{refused.offset} into {shipped.path}")
+    return (f"the audit log {log_dir} is damaged at record offset {refused.offset} ({refused.segment.name}), and "
+            f"{kept}: nothing was cut (`keytrail audit verify` names the damage); restore {log_dir} from a backup"
+            f"{undo}, or move {log_dir.parent} aside to start a new trail")
+
+
 def _require_shipped_records(log: SegmentLog) -> None:
     """Kafka acknowledged only durable records, so a log that ends before the shipped offset lost
     records it shipped (cut back, or restored from a backup without its shipped-offset). New records
@@ -100,7 +133,7 @@ class AuditTrail:
         self.settings = settings
         self._now = now or (lambda: datetime.now(UTC))
         log_dir, integrity = audit_paths(settings.data_dir)
-        self.log = SegmentLog(log_dir, segment_bytes=settings.segment_bytes, writable=True)
+        self.log = _open_writer(log_dir, integrity, settings.segment_bytes)
         self.integrity = integrity
         try:
             _require_shipped_records(self.log)

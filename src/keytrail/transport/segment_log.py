@@ -42,7 +42,8 @@ from keytrail.transport.frames import (
 )
 
 __all__ = [
-    "Cut", "CutShort", "Damage", "Frame", "LogLockedError", "LogMoved", "SegmentLog", "TornWrite", "event_log_dir",
+    "Cut", "CutRefused", "CutShort", "Damage", "Frame", "LogLockedError", "LogMoved", "SegmentLog", "TornWrite",
+    "event_log_dir",
     "lock_held", "writer_active",
 ]
 
@@ -120,6 +121,16 @@ class LogLockedError(RuntimeError):
     """Another process holds the writer lock of this log."""
 
 
+class CutRefused(RuntimeError):
+    """Opening a writer found bytes that are no whole record at `offset` of `segment`, below the
+    offset it was told to keep every record under (`SegmentLog(keep_below=…)`): it cut nothing."""
+
+    def __init__(self, segment: Path, offset: int) -> None:
+        super().__init__(f"{segment.name}: the record at offset {offset} is damaged")
+        self.segment = segment
+        self.offset = offset
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One framed record as found on disk (for integrity checks): `intact` is False when the
@@ -174,7 +185,10 @@ class LogMoved(OSError):
 class SegmentLog:
     """An append-only log in `directory`; see the module docstring."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20, writable: bool = False) -> None:
+    def __init__(self, directory: Path, *, segment_bytes: int = 64 << 20, writable: bool = False,
+                 keep_below: int = 0) -> None:
+        """`keep_below`: a writer cuts no tail that begins below this offset (CutRefused): the
+        records up to it are vouched for elsewhere (signed, shipped), so such bytes are damage."""
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         self.writable = writable
@@ -190,7 +204,11 @@ class SegmentLog:
             self._take_lock()
         self.refresh()
         if writable:
-            self._open_active()
+            try:
+                self._open_active(keep_below)
+            except BaseException:
+                self.close()  # the writer lock too: a refused open holds nothing
+                raise
 
     # --- writer ----------------------------------------------------------------------------------
 
@@ -343,13 +361,15 @@ class SegmentLog:
             self._lock_fd = -1
             raise LogLockedError(f"the event log {self.directory} is in use by another process") from None
 
-    def _open_active(self) -> None:
+    def _open_active(self, keep_below: int) -> None:
         if not self._segments:
             self.roll()
             return
         active = self._segments[-1]
         self._index(active)
         if (with_bytes := active.path.stat().st_size) > active.size:
+            if (offset := active.base + len(active.positions)) < keep_below:
+                raise CutRefused(active.path, offset)
             self.cut = _cut_tail(active, with_bytes)
         self._fd = os.open(active.path, os.O_WRONLY)
         self._fd_file = _file_of(self._fd)

@@ -21,11 +21,12 @@ from keytrail.audit.integrity import canonical, signing_key, verify, write_reten
 from keytrail.audit.schema import decode, encode
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
 from keytrail.clock import DEV_CLOCK_FILE
-from keytrail.transport.segment_log import Frame
+from keytrail.transport.segment_log import Frame, SegmentLog
 from tests.support.audit_records import (
     cut_back_to,
     encrypt_call,
     fill_trail,
+    flip_bit,
     rewrite_segment,
     sign_again_with_a_new_key,
 )
@@ -758,6 +759,45 @@ def test_a_trail_cut_back_below_what_kafka_acknowledged_does_not_open(tmp_path: 
     shipped.write_text("10")
     fill_trail(tmp_path, 3, first=50)  # as the message says: the trail opens, its records ship from 10
     assert verify(tmp_path) == []
+
+
+def test_a_damaged_record_kafka_acknowledged_records_follow_is_not_cut_until_the_shipped_offset_says_so(
+        tmp_path: Path) -> None:
+    """As after a crash before any digest signed them: records 0..9 shipped, record 5 damaged since.
+    The writer cut records 5..9, then the trail refused to open (the log ended below the shipped
+    offset). Now it refuses first, and cuts once the operator wrote the damaged offset there."""
+    from keytrail.audit.integrity import IntegrityFileUnusable
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+
+    fill_trail(tmp_path, 10)
+    digests = sorted((tmp_path / "audit" / "integrity" / "digests").glob("*.json"))
+    for newer in digests[1:]:  # only the genesis digest: none signs the records yet
+        newer.unlink()
+    shipped = tmp_path / "audit" / "shipped-offset"
+    shipped.write_text("10")
+    log_dir = tmp_path / "audit" / "log"
+    [segment] = log_dir.glob("*.seg")
+    flip_bit(segment, _frame_position(segment, 5) + 20)
+    before = segment.read_bytes()
+    with pytest.raises(IntegrityFileUnusable) as refused:
+        AuditTrail.open(AuditSettings(data_dir=tmp_path))
+    assert str(refused.value) == (
+        f"the audit log {log_dir} is damaged at record offset 5 ({segment.name}), and Kafka acknowledged records up "
+        f"to offset 9 ({shipped}): nothing was cut (`keytrail audit verify` names the damage); restore {log_dir} "
+        f"from a backup, or, to go on without the records from offset 5 on (Kafka keeps them), write 5 into "
+        f"{shipped}, or move {log_dir.parent} aside to start a new trail")
+    assert segment.read_bytes() == before and not list(log_dir.glob("*.cut-at-*"))
+    shipped.write_text("5")
+    fill_trail(tmp_path, 3, first=50)  # as the message says: cut at 5, the new records from there
+    assert SegmentLog(log_dir).end_offset() == 8
+
+
+def _frame_position(segment: Path, record: int) -> int:
+    """Where the frame of `record` (counted from the segment's first) begins in `segment`."""
+    data, position = segment.read_bytes(), 0
+    for _ in range(record):
+        position += 8 + int.from_bytes(data[position:position + 4], "little")
+    return position
 
 
 def test_records_added_by_audit_import_are_told_from_calls_the_node_answered(tmp_path: Path) -> None:
