@@ -378,6 +378,46 @@ def test_aws_encryption_sdk_round_trip(server: KeytrailServer, kms) -> None:
     assert plaintext == b"envelope" * 100 and header.encryption_context["purpose"] == "test"
 
 
+def test_aws_encryption_sdk_mrk_replica_discovery_filter_and_a_disabled_key(server: KeytrailServer, kms) -> None:
+    """The Encryption SDK's documented behaviours against keytrail: a message under a multi-Region
+    primary decrypts with its replica (MRK-aware strict and discovery providers), a discovery filter
+    of another account refuses it, and of two keys the message names, a disabled one is passed over."""
+    import aws_encryption_sdk
+    import botocore.session
+    from aws_encryption_sdk.exceptions import AWSEncryptionSDKClientError
+    from aws_encryption_sdk.identifiers import CommitmentPolicy
+    from aws_encryption_sdk.key_providers.kms import (
+        DiscoveryFilter,
+        MRKAwareDiscoveryAwsKmsMasterKeyProvider,
+        MRKAwareStrictAwsKmsMasterKeyProvider,
+    )
+
+    primary = kms.create_key(MultiRegion=True)["KeyMetadata"]["Arn"]
+    replica = kms.replicate_key(KeyId=primary, ReplicaRegion="eu-west-1")["ReplicaKeyMetadata"]["Arn"]
+    single = kms.create_key()["KeyMetadata"]["Arn"]
+    _, access_key, secret, _, _ = PRINCIPALS["alice"]
+    session = botocore.session.Session()
+    session.set_credentials(access_key, secret)
+    session.set_config_variable("region", "us-east-1")
+    client = aws_encryption_sdk.EncryptionSDKClient(commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT)
+
+    def discovery(account: str) -> MRKAwareDiscoveryAwsKmsMasterKeyProvider:
+        return MRKAwareDiscoveryAwsKmsMasterKeyProvider(
+            botocore_session=session, discovery_region="eu-west-1",
+            discovery_filter=DiscoveryFilter(account_ids=[account], partition="aws"))
+
+    with mock.patch.dict(os.environ, {"AWS_ENDPOINT_URL_KMS": server.endpoint}):
+        both = MRKAwareStrictAwsKmsMasterKeyProvider(key_ids=[primary, single], botocore_session=session)
+        message, _ = client.encrypt(source=b"mrk", key_provider=both, encryption_context={"purpose": "mrk"})
+        by_replica = MRKAwareStrictAwsKmsMasterKeyProvider(key_ids=[replica], botocore_session=session)
+        assert client.decrypt(source=message, key_provider=by_replica)[0] == b"mrk"
+        assert client.decrypt(source=message, key_provider=discovery("111122223333"))[0] == b"mrk"
+        with pytest.raises(AWSEncryptionSDKClientError):
+            client.decrypt(source=message, key_provider=discovery("444455556666"))
+        kms.disable_key(KeyId=primary)
+        assert client.decrypt(source=message, key_provider=both)[0] == b"mrk"  # by the single-Region key
+
+
 def test_dev_credentials_accept_localstack_style_keys(tmp_path: Path) -> None:
     # localhost: a name, bound on 127.0.0.1 and ::1, loopback both
     server = KeytrailServer(tmp_path / "data", "--dev-credentials", "--host", "localhost").start()
