@@ -133,6 +133,24 @@ def test_the_key_of_a_delete_alias_record_is_its_key_not_the_alias_listed_first(
         assert frame.get_column("keyArn").to_list() == [arn]
 
 
+def test_a_denial_without_resources_is_of_the_key_its_error_message_names_from_files_and_the_event_log() -> None:
+    """A denied Decrypt names no key in its request, and a record may come without `resources`:
+    the detector judged it on the key its errorMessage names, usage, cost and the report's denied
+    table put it under no key. A success, or another error (NotFoundException names a key that
+    does not exist), stays keyless."""
+    arn = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    message = (f"User: arn:aws:iam::111122223333:user/eve is not authorized to perform: kms:Decrypt on resource: {arn} "
+               "because no resource-based policy allows the kms:Decrypt action")
+    denied = {**_event("Decrypt", arn), "eventID": "denied", "errorCode": "AccessDenied", "errorMessage": message}
+    named_only_in_text = {**_event("ListKeys", arn), "eventID": "listed", "errorMessage": message}
+    events = [denied, named_only_in_text, {**denied, "eventID": "missing", "errorCode": "NotFoundException",
+                                           "errorMessage": f"Key '{arn}' does not exist"}]
+    for event in events:
+        del event["resources"]
+    for frame in (frame_from_records(events), frame_from_avro(avro_frame([schema.encode(e) for e in events]))):
+        assert frame.get_column("keyArn").to_list() == [arn, None, None]
+
+
 def test_principal_of_every_identity_shape_is_the_same_from_files_and_from_the_event_log() -> None:
     """`report --cloudtrail` (records) and `audit import` + `consume` (Avro) attribute alike: role
     sessions to the role, a session without its issuer to itself, a federated user to itself."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 from keytrail.transport.cloudtrail_records import utc_event_time
 
 __all__ = [
+    "KEY_ARN_IN_MESSAGE",
     "SCHEMA_DIR",
     "SCHEMA_PATH",
     "EventCodec",
@@ -42,6 +44,7 @@ __all__ = [
     "is_key_arn",
     "is_whole_value",
     "key_arn",
+    "key_arn_in_message",
     "key_arns",
     "load_schema",
     "message_key",
@@ -278,6 +281,19 @@ def key_arns(resources: Any) -> tuple[str, ...]:
         return ()
     arns = (as_text(r.get("ARN")) for r in resources if isinstance(r, Mapping))
     return tuple(arn for arn in arns if arn and is_key_arn(arn))
+
+
+#: A key's ARN inside an errorMessage (`… on resource: arn:aws:kms:us-east-1:111122223333:key/<id> because
+#: …`, `<ARN> is disabled.`): the one place a denied Decrypt, whose request names no key, may name it.
+#: Written for Python's re and polars' (Rust) regex alike: ASCII classes only.
+KEY_ARN_IN_MESSAGE = r"arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+"
+_KEY_ARN_IN_MESSAGE = re.compile(KEY_ARN_IN_MESSAGE)
+
+
+def key_arn_in_message(message: Any) -> str | None:
+    """The first key ARN an errorMessage names, None when it names none."""
+    found = _KEY_ARN_IN_MESSAGE.search(message) if isinstance(message, str) else None
+    return found.group() if found else None
 
 
 def is_key_arn(arn: str) -> bool:

@@ -6,14 +6,13 @@ is the only place that knows where each field lives in that dict.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from keytrail.audit.schema import is_key_arn, principal_arn
+from keytrail.audit.schema import is_key_arn, key_arn_in_message, principal_arn
 from keytrail.audit.schema import key_arns as resource_key_arns
 from keytrail.kms.key_use import CRYPTO_OPERATIONS
 from keytrail.transport.cloudtrail_records import original_event_id
@@ -87,9 +86,7 @@ class KmsEvent(NamedTuple):
         `resources` (a Decrypt's request names no key) still names its key in the message."""
         message = self.error_message or ""
         named = next((arn for arn in self.key_arns if arn in message), self.key_arn)
-        if named is None and (found := _KEY_ARN_IN_MESSAGE.search(message)):
-            return found.group()
-        return named
+        return named or key_arn_in_message(message)
 
     @property
     def succeeded(self) -> bool:
@@ -100,8 +97,6 @@ class KmsEvent(NamedTuple):
         return self.event_name in CRYPTO_OPERATIONS
 
 
-# A key's ARN inside an errorMessage (`… on resource: arn:aws:kms:us-east-1:111122223333:key/<id> because …`).
-_KEY_ARN_IN_MESSAGE = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[A-Za-z0-9-]+", re.ASCII)
 
 
 @lru_cache(maxsize=4096)  # consecutive events share their second

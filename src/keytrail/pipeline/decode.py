@@ -45,6 +45,7 @@ AVRO_COLUMNS = (
     "recipientAccountId",
     "awsRegion",
     "errorCode",
+    "errorMessage",  # the key of a denial whose record has no resources (frame._DENIED_KEY)
     "readOnly",
     "eventType",
     "requestID",

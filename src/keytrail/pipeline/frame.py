@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 
-from keytrail.audit.schema import as_object, as_text, key_arn, principal_arn
+from keytrail.audit.schema import KEY_ARN_IN_MESSAGE, as_object, as_text, key_arn, key_arn_in_message, principal_arn
 from keytrail.pipeline.lastused import CRYPTO_OPERATIONS
 from keytrail.transport.cloudtrail_records import original_event_id
 
@@ -94,6 +94,13 @@ def frame_from_records(
     return readable
 
 
+#: Authorization's refusals: the key one names in its errorMessage exists (unlike NotFoundException's).
+_DENIED = ("AccessDenied", "AccessDeniedException")
+#: The key a denial names in its errorMessage alone, where `resources` names none (`_denied_key`).
+_DENIED_KEY = pl.when(pl.col("errorCode").is_in(_DENIED)).then(
+    pl.col("errorMessage").str.extract(f"({KEY_ARN_IN_MESSAGE})"))
+
+
 def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) -> pl.DataFrame:
     """Build the fixed-schema frame from the Avro columns frame of `decode.avro_frame` (AVRO_COLUMNS).
 
@@ -101,7 +108,8 @@ def frame_from_avro(avro: pl.DataFrame, offsets: Sequence[int] | None = None) ->
     the rows that need them (a null string is never parsed). `offsets` as in frame_from_records.
     """
     name = pl.col("eventName")
-    typed = [pl.col(c) for c in ("keyArn", "accountId", "recipientAccountId", "awsRegion")]
+    typed = [pl.coalesce("keyArn", _DENIED_KEY).alias("keyArn")]
+    typed += [pl.col(c) for c in ("accountId", "recipientAccountId", "awsRegion")]
     typed += [pl.col(c) for c in ("eventType", "requestID")]
     other = pl.col("otherFields")  # what CloudTrail files brought that the schema has no column for
     corrected = other.str.json_path_match("$.addendum.reason") == "UPDATED_DATA"  # as `_event_identity`
@@ -233,6 +241,12 @@ def _field(name: str) -> Any:
     return get
 
 
+def _denied_key(record: Mapping[str, Any]) -> str | None:
+    """The key a denial's errorMessage names, for a record whose `resources` name none (a denied
+    Decrypt's request names no key), as `_DENIED_KEY` reads it and the detector judges it."""
+    return key_arn_in_message(record.get("errorMessage")) if record.get("errorCode") in _DENIED else None
+
+
 def _resource_arn(record: Mapping[str, Any], index: int) -> str | None:
     resources = record.get("resources")
     if type(resources) is list and len(resources) > index and isinstance(resource := resources[index], Mapping):
@@ -314,7 +328,7 @@ _GETTERS: dict[str, Any] = {
     "sharedEventID": _field("sharedEventID"),
     "eventTime": _event_time,
     "eventName": _field("eventName"),
-    "keyArn": lambda r: key_arn(r.get("resources")),
+    "keyArn": lambda r: key_arn(r.get("resources")) or _denied_key(r),
     "destinationKeyArn": lambda r: _resource_arn(r, 1) if r.get("eventName") == "ReEncrypt" else None,
     "replicaKeyArn": _replica_arn,
     "principalArn": _principal_arn,

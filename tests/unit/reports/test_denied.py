@@ -27,6 +27,16 @@ def test_denied_calls_count_access_denied_only() -> None:
         (user_arn("mallory"), "AccessDenied", 1), (user_arn("mallory"), "AccessDeniedException", 1)]
 
 
+def test_a_denial_recorded_without_resources_is_of_the_key_its_error_message_names() -> None:
+    # As the detector's unauthorized-decrypt alarm names it: the table said "(no key)".
+    key = key_arn("1234abcd-12ab-34cd-56ef-1234567890ab")
+    denied = record("Decrypt", T0, key, user_arn("eve"), error="AccessDenied")
+    denied["errorMessage"] = f"User: {user_arn('eve')} is not authorized to perform: kms:Decrypt on resource: {key}"
+    del denied["resources"]
+    [row] = denied_calls(frame_from_records([denied])).to_dicts()
+    assert (row["keyArn"], row["count"]) == (key, 1)
+
+
 def test_tally_counts_a_redelivered_event_once_and_keeps_first_and_last_time() -> None:
     key = key_arn("k1")
     first = record("Decrypt", T0, key, user_arn("mallory"), error="AccessDenied")
