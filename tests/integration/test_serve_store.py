@@ -222,7 +222,8 @@ def test_a_revoked_grant_put_back_in_the_database_stops_serve_starting_in_one_li
     revoked = asyncio.run(_fetch(dsn, "SELECT * FROM kms_grants WHERE grant_id=$1", grant))[0]
     kms.revoke_grant(KeyId=key, GrantId=grant)
     assert server.stop() == 0
-    asyncio.run(_fetch(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6, $7)", *revoked.values()))
+    columns = ", ".join(f"${n}" for n in range(1, len(revoked) + 1))
+    asyncio.run(_fetch(dsn, f"INSERT INTO kms_grants VALUES ({columns})", *revoked.values()))
     with pytest.raises(RuntimeError, match="keytrail serve exited"):
         server.start()
     assert server.proc is not None and server.proc.wait(10) == 2

@@ -54,9 +54,12 @@ def session_settings(timeout: float) -> dict[str, str]:
     hours and more by Linux's defaults, and every other node's writes waited on them meanwhile: now
     an idle transaction ends after IDLE_IN_TRANSACTION_TIMEOUTS timeouts, and a silent peer is
     found out within about two timeouts of going quiet (ignored over a Unix socket, which has no
-    peer to lose)."""
+    peer to lose). No JIT compilation: a grant lookup of a call with a large encryption context, or
+    on tables not yet analyzed, is estimated costly enough to be compiled, ≈ 100 ms, for a query
+    that runs in well under one (every statement of the store is such a lookup)."""
     seconds = max(1, round(timeout))
     return {
+        "jit": "off",
         "idle_in_transaction_session_timeout": str(round(IDLE_IN_TRANSACTION_TIMEOUTS * timeout * 1000)),  # ms
         "tcp_keepalives_idle": str(seconds),
         "tcp_keepalives_interval": str(max(1, seconds // KEEPALIVE_PROBES)),

@@ -4,12 +4,15 @@ version before gets its ledger (kms/store_ledger.py, kms/store_upgrade.py) as it
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from typing import Any
 
 import asyncpg
 
 from keytrail.kms.authentic_docs import DocumentRefused, verify
 from keytrail.kms.codec import grant_from_doc
+from keytrail.kms.grants import GrantTerm, grant_terms
 from keytrail.kms.postgres_ledger import LEDGER_SCHEMA
 from keytrail.kms.resealing import GRANTS, POSTGRES_TABLES, DocumentTable, reauthenticated
 from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey, SealError
@@ -19,6 +22,7 @@ from keytrail.kms.store_upgrade import Document, opening_plan
 __all__ = [
     "UPSERT_ALIAS", "UPSERT_GRANT", "UPSERT_IMPORT", "UPSERT_KEY", "UPSERT_OWED", "UPSERT_STORE",
     "PrivilegesMissing", "check_privileges", "make_schema", "name_grantees", "open_documents", "reauthenticate",
+    "term_values",
 ]
 
 # A table or column added here must be one _SCHEMA_MISSING looks for too: a store that has the rest
@@ -29,7 +33,7 @@ CREATE TABLE IF NOT EXISTS kms_keys (account TEXT, region TEXT, key_id TEXT, cre
 CREATE TABLE IF NOT EXISTS kms_aliases (account TEXT, region TEXT, name TEXT, key_id TEXT, doc TEXT NOT NULL,
     PRIMARY KEY (account, region, name));
 CREATE TABLE IF NOT EXISTS kms_grants (account TEXT, region TEXT, key_id TEXT, grant_id TEXT, created TEXT,
-    doc TEXT NOT NULL, grantee TEXT, PRIMARY KEY (account, region, key_id, grant_id));
+    doc TEXT NOT NULL, grantee TEXT, terms_filed BOOLEAN, PRIMARY KEY (account, region, key_id, grant_id));
 CREATE TABLE IF NOT EXISTS kms_import_parameters (token_id TEXT PRIMARY KEY, valid_to TEXT, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS kms_custom_key_stores (account TEXT, region TEXT, store_id TEXT, created TEXT,
     doc TEXT NOT NULL, PRIMARY KEY (account, region, store_id));
@@ -46,8 +50,18 @@ DO $$ BEGIN
                    AND table_name = 'kms_grants' AND column_name = 'grantee') THEN
         ALTER TABLE kms_grants ADD COLUMN grantee TEXT;
     END IF;
+    IF NOT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'kms_grants' AND column_name = 'terms_filed') THEN
+        ALTER TABLE kms_grants ADD COLUMN terms_filed BOOLEAN;
+    END IF;
 END $$;
 CREATE INDEX IF NOT EXISTS kms_grants_by_grantee ON kms_grants (account, region, key_id, grantee);
+CREATE INDEX IF NOT EXISTS kms_grants_unfiled ON kms_grants (account, region, key_id) WHERE terms_filed IS NULL;
+CREATE INDEX IF NOT EXISTS kms_grants_by_id ON kms_grants (grant_id);
+CREATE TABLE IF NOT EXISTS kms_grant_terms (term TEXT, account TEXT, region TEXT, key_id TEXT, grant_id TEXT,
+    PRIMARY KEY (term, account, region, key_id, grant_id),
+    FOREIGN KEY (account, region, key_id, grant_id) REFERENCES kms_grants ON DELETE CASCADE);
+CREATE INDEX IF NOT EXISTS kms_grant_terms_of_grant ON kms_grant_terms (account, region, key_id, grant_id);
 CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
 """ + LEDGER_SCHEMA
 # Whether a table or column SCHEMA makes is missing, found as the store's statements find them
@@ -57,8 +71,9 @@ CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT
 _SCHEMA_MISSING = """SELECT EXISTS (SELECT FROM unnest($1::text[]) AS t(name) WHERE to_regclass(t.name) IS NULL)
     OR NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kms_owed_records')
                    AND attname = 'written_at' AND NOT attisdropped)
-    OR to_regclass('kms_grants_by_grantee') IS NULL"""
-_SCHEMA_TABLES = [*(f"kms_{table.name}" for table in POSTGRES_TABLES), "kms_root_key", "kms_ledger"]
+    OR to_regclass('kms_grants_by_grantee') IS NULL OR to_regclass('kms_grants_unfiled') IS NULL
+    OR to_regclass('kms_grants_by_id') IS NULL OR to_regclass('kms_grant_terms_of_grant') IS NULL"""
+_SCHEMA_TABLES = [*(f"kms_{table.name}" for table in POSTGRES_TABLES), "kms_root_key", "kms_ledger", "kms_grant_terms"]
 # What the store does to each of its tables. A role lacking one of them started a node that then
 # failed some calls only (a RevokeGrant without DELETE), each with a traceback in the log, while
 # every write's owed audit records stayed behind in kms_owed_records.
@@ -69,12 +84,25 @@ UPSERT_KEY = """INSERT INTO kms_keys VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, key_id) DO UPDATE SET doc = EXCLUDED.doc"""
 UPSERT_ALIAS = """INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)
     ON CONFLICT (account, region, name) DO UPDATE SET key_id = EXCLUDED.key_id, doc = EXCLUDED.doc"""
-# `grantee`: the grant's grantee principal, outside its document, so that authorizing a call reads
-# only the grants that may name the caller (`PostgresStore.grants_to`) from an index. It is no more
-# than a hint: whoever can write the table can change it, and the verified document decides.
-UPSERT_GRANT = """INSERT INTO kms_grants (account, region, key_id, grant_id, created, grantee, doc)
-    VALUES ($1, $2, $3, $4, $5, $6, $7)
-    ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc, grantee = EXCLUDED.grantee"""
+# `grantee`: the grant's grantee principal, outside its document, so that CreateGrant's Name reads
+# the grantee's grants only (`PostgresStore.grants_to`), and the rows of `kms_grant_terms`: the terms
+# the grant is filed under (`term_values`), so that authorizing a call reads only the grants that may
+# allow it (`PostgresStore.grants_allowing`), each from an index. They are no more than hints: whoever
+# can write the tables can change them, and the verified document decides. `terms_filed` tells a
+# grant filed so from one a node of before wrote: that one is read for every call on its key. One
+# statement (LedgerWriter.put runs one); the terms of a grant written over (not by keytrail's calls:
+# a grant does not change) are those it is written with, a grant's terms go with its row.
+UPSERT_GRANT = """WITH written AS (
+        INSERT INTO kms_grants (account, region, key_id, grant_id, created, grantee, terms_filed, doc)
+        VALUES ($1, $2, $3, $4, $5, $6, TRUE, $8)
+        ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc,
+            grantee = EXCLUDED.grantee, terms_filed = TRUE
+        RETURNING account, region, key_id, grant_id),
+    stale AS (DELETE FROM kms_grant_terms AS t USING written AS w
+        WHERE (t.account, t.region, t.key_id, t.grant_id) = (w.account, w.region, w.key_id, w.grant_id)
+        AND t.term <> ALL($7::text[]))
+    INSERT INTO kms_grant_terms SELECT term, account, region, key_id, grant_id FROM written, unnest($7::text[]) AS term
+    ON CONFLICT DO NOTHING"""
 # valid_to too: left as first written, a token written again with a later one was deleted as stale
 # by the next put, two days after its first valid_to (the ledger property test found it).
 UPSERT_IMPORT = """INSERT INTO kms_import_parameters VALUES ($1, $2, $3)
@@ -168,29 +196,44 @@ async def open_documents(connection: Any, root: RootKey) -> None:
                              root.seal_text(b"", _AUTHENTICATED_CHECK))
 
 
-_UNNAMED_GRANTS = "SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE grantee IS NULL"
+_UNNAMED_GRANTS = """SELECT account, region, key_id, grant_id, doc FROM kms_grants
+    WHERE grantee IS NULL OR terms_filed IS NULL"""
 # One statement for them all (an executemany of one UPDATE per row ran past the statement timeout
 # of 10 s at 5,000 grants on a busy machine).
-_NAME_GRANTEES = """UPDATE kms_grants AS g SET grantee = n.grantee
+_NAME_GRANTEES = """UPDATE kms_grants AS g SET grantee = n.grantee, terms_filed = TRUE
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
         AS n(grantee, account, region, key_id, grant_id)
     WHERE (g.account, g.region, g.key_id, g.grant_id) = (n.account, n.region, n.key_id, n.grant_id)"""
+_FILE_GRANTS = """INSERT INTO kms_grant_terms SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+    $5::text[]) ON CONFLICT DO NOTHING"""
+
+
+def term_values(account: str, region: str, key_id: str, terms: Iterable[GrantTerm]) -> list[str]:
+    """The `term` values of `kms_grant_terms` for a grant on this key filed under `terms`
+    (kms/grants.py), or those a call on it looks up: a short digest of each, with its key, so that
+    the index finds the grants of one key, where a term alone (a service role's DescribeKey) is
+    every key's."""
+    return [hashlib.blake2b(repr((account, region, key_id, *term)).encode(), digest_size=16).hexdigest()
+            for term in terms]
 
 
 async def name_grantees(connection: Any, root: RootKey) -> None:
-    """Fill in the `grantee` column of the grants written before it was one, from their documents.
-    A row whose document does not verify keeps none: every call on its key reads it, and is
-    refused, as before."""
-    named = []
+    """Fill in the `grantee` column and the terms (`kms_grant_terms`) of the grants written before
+    they were kept (or by a node of before since), from their documents. A row whose document does
+    not verify gets none: every call on its key reads it, and is refused, as before."""
+    named, filed = [], []
     for found in await connection.fetch(_UNNAMED_GRANTS):
         row = tuple(found[column] for column in GRANTS.primary_key)
         try:
             body = verify(root, GRANTS.name, row, found["doc"])
         except DocumentRefused:
             continue
-        named.append((grant_from_doc(body).grantee_principal, *row))
-    if named:
-        await connection.execute(_NAME_GRANTEES, *(list(column) for column in zip(*named, strict=True)))
+        grant = grant_from_doc(body)
+        named.append((grant.grantee_principal, *row))
+        filed += [(term, *row) for term in term_values(grant.account, grant.region, grant.key_id, grant_terms(grant))]
+    for statement, rows in ((_FILE_GRANTS, filed), (_NAME_GRANTEES, named)):
+        if rows:
+            await connection.execute(statement, *(list(column) for column in zip(*rows, strict=True)))
 
 
 def _opens(root: RootKey, sealed: str, binding: str) -> bool:

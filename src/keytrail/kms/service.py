@@ -25,6 +25,7 @@ from keytrail.kms.call_records import call_record
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.cipher import KeyCipher, SymmetricCipher
 from keytrail.kms.condition_keys import (
+    ENCRYPTION_CONTEXT,
     LAST_USAGE_ACTIONS,
     RESOURCE_ALIASES,
     TRAILING_DAYS,
@@ -341,16 +342,17 @@ class KmsService:
         refused by a policy; ReEncrypt checks them twice, for its source and its destination."""
         if tokens := call.params.get("GrantTokens"):
             await self._check_grant_tokens(tokens, call.context.region)
-        grants: Sequence[Grant] = ()
-        if key is not None:
-            # Only grants naming the caller can allow it anything; the others are not weighed
-            # (nor, in their number, keep the decision from being cached).
-            grants = await self.store.grants_to(key.account, key.region, key.key_id,
-                                                grantee_names(call.context.principal))
         values = request_conditions(action, call.params)
         if conditions:
             values.update(conditions)
+        grants: Sequence[Grant] = ()
         if key is not None:
+            # Only grants naming the caller, for this operation and its encryption context (as the
+            # authorizer reads it), can allow it anything; the others are not weighed (nor, in their
+            # number, keep the decision from being cached).
+            grants = await self.store.grants_allowing(
+                key.account, key.region, key.key_id, grantee_names(call.context.principal),
+                action.removeprefix("kms:"), values.get(ENCRYPTION_CONTEXT) or {})
             await self._key_conditions(call, action, key, values)
         if key is not None and action in _CRYPTO_ACTIONS:
             _note_custom_key_store(call, key)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -126,6 +126,13 @@ class GrantStore(Protocol):
         ...
     async def grants_to(self, account: str, region: str, key_id: str, grantees: Collection[str]) -> list[Grant]:
         """The key's grants whose grantee is one of `grantees`, in `list_grants`' order."""
+        ...
+    async def grants_allowing(self, account: str, region: str, key_id: str, grantees: Collection[str],
+                              operation: str, context: Mapping[str, str]) -> list[Grant]:
+        """The key's grants that may allow `operation` with the encryption context `context` to one of
+        `grantees`: those filed under the request's terms (kms/grants.py: `request_terms`), in any
+        order, read without the others (a caller may hold 50,000 grants on a key, each for another
+        context). Every grant that allows the request is among them."""
         ...
     async def get_grant(self, account: str, region: str, key_id: str, grant_id: str) -> Grant | None: ...
     async def count_grants(self, account: str, region: str, key_id: str) -> int: ...

@@ -93,3 +93,22 @@ async def test_a_grant_is_read_by_its_id_and_the_key_s_grants_counted_without_re
     with pytest.raises(errors.KMSInternalException):
         await store.get_grant(ACCOUNT, REGION, OTHER.key_id, TO_WRITER.grant_id)
     await store.close()
+
+
+async def test_a_grant_written_unfiled_by_a_node_of_before_still_allows_and_is_filed_at_the_next_start(
+        dsn: str) -> None:
+    # A node of before the terms writes a grant without them: read for every call on its key, its
+    # document deciding, until a node opening the store files it.
+    root = RootKey(os.urandom(32))
+    store = await _store(dsn, root)
+    await fetch_value(dsn, "DELETE FROM kms_grant_terms")
+    await fetch_value(dsn, "UPDATE kms_grants SET terms_filed = NULL")
+    assert await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {READER}, "Decrypt", {}) == [GRANT]
+    assert await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {WRITER}, "Decrypt", {}) == [TO_WRITER]
+    await store.close()
+    store = await PostgresStore.connect(dsn, root)
+    assert await fetch_value(dsn, "SELECT count(*) FROM kms_grants WHERE terms_filed IS NULL") == 0
+    assert await fetch_value(dsn, "SELECT count(DISTINCT grant_id) FROM kms_grant_terms") == 3
+    assert await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {READER}, "Decrypt", {}) == [GRANT]
+    assert await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {READER}, "Encrypt", {}) == []
+    await store.close()

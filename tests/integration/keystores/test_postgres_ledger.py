@@ -104,7 +104,8 @@ async def test_a_revoked_grant_inserted_again_is_found_running_and_at_connect(
     store = await _store(dsn, root)
     [revoked] = await fetch(dsn, "SELECT * FROM kms_grants WHERE grant_id=$1", GRANT.grant_id)
     await store.delete_grant(GRANT)
-    await fetch(dsn, "INSERT INTO kms_grants VALUES ($1, $2, $3, $4, $5, $6, $7)", *revoked.values())
+    await fetch(dsn, f"INSERT INTO kms_grants VALUES ({', '.join(f'${n}' for n in range(1, len(revoked) + 1))})",
+                *revoked.values())
     await _refuses_from_its_next_check(store, r"grants 1 row\(s\), the ledger 0", caplog)
     await store.close()
     with pytest.raises(LedgerMismatch, match=r"grants 1 row\(s\), the ledger 0"):

@@ -90,7 +90,8 @@ async def test_a_role_lacking_a_privilege_on_the_tables_is_refused_as_the_node_s
     with pytest.raises(PermissionError) as refused:
         await PostgresStore.connect(_as(dsn, role), root)
     assert str(refused.value) == (
-        f"the role {role} lacks UPDATE on kms_ledger; DELETE on kms_aliases, kms_custom_key_stores, kms_grants, "
+        f"the role {role} lacks UPDATE on kms_ledger; DELETE on kms_aliases, kms_custom_key_stores, kms_grant_terms, "
+        "kms_grants, "
         "kms_import_parameters, kms_key_last_use, kms_keys, kms_ledger, kms_owed_records, kms_root_key: "
         "GRANT SELECT, INSERT, UPDATE, DELETE on the key store's tables to it")
 

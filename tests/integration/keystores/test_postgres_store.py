@@ -120,8 +120,8 @@ async def test_two_nodes_starting_together_on_an_empty_database_both_open_it(dsn
             await store.close()
         connection = await asyncpg.connect(dsn)
         try:
-            await connection.execute("DROP TABLE kms_keys, kms_aliases, kms_grants, kms_import_parameters, "
-                                     "kms_custom_key_stores, kms_root_key")
+            await connection.execute("DROP TABLE kms_keys, kms_aliases, kms_grant_terms, kms_grants, "
+                                     "kms_import_parameters, kms_custom_key_stores, kms_root_key")
         finally:
             await connection.close()
 
