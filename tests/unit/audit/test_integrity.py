@@ -618,7 +618,7 @@ def test_a_trail_an_older_keytrail_crashed_before_its_first_digest_is_refused_sa
     # Keytrail before the genesis digest made the signing key with the trail but signed the first
     # digest only at the first hour or a clean stop: its trail killed before then has the key and no
     # digest. Refused as digests gone (the log may have been edited since), but a backup has none
-    # either: the message names that case and the way on (docs/operations.md, Upgrading, step 7).
+    # either: the message names that case and the way on (docs/operations.md, Upgrading, step 8).
     from keytrail.audit.integrity import IntegrityFileUnusable
     from keytrail.audit.trail import AuditSettings, AuditTrail
 
