@@ -31,7 +31,7 @@ from keytrail.pipeline.query import MetricsStore, OpenEnd, state_dir
 from keytrail.pipeline.runner import Batch, Runner, Source
 from keytrail.reports.alarms import KeysAtStart, alarms_frame, read_alarm_lines
 from keytrail.reports.alias_evidence import decode
-from keytrail.reports.aliases import AliasTally, aws_managed, holdings, key_aliases, with_aliases
+from keytrail.reports.aliases import AliasTally, Holding, aws_managed, holdings, key_aliases, with_aliases
 from keytrail.reports.denied import DeniedTally
 from keytrail.reports.figures import (
     USAGE_FIELDS,
@@ -249,27 +249,35 @@ def _tables(store: MetricsStore, consumed: _Consumed, options: ReportOptions) ->
     # events `end` counts as late) showed as a key's last use, later than the report's as-of time.
     used_until = until or (as_of if end is not None and end.late else None)
     lifecycle = store.lifecycle()
+    found = holdings(consumed.aliases)
     return _named(ReportData(
         options=options, first_event=first, last_event=last, as_of=as_of, window=window, events=consumed.events,
         usage=usage.select(USAGE_FIELDS), usage_over_time=over_time, cost=cost,
         projection=cost_projection(store, options.prices, as_of, end),
-        last_used=mark_unused(store.last_used_by_key(used_until), as_of, options.unused_days, lifecycle, first),
+        last_used=mark_unused(store.last_used_by_key(used_until), as_of, options.unused_days, lifecycle, first,
+                              never=[*aws_managed(found), *_named_by_failures_only(store, as_of, lifecycle)]),
         denied=consumed.denied, alarms=alarms, alarms_note=alarms_note,
         keys_not_created=len(store.keys_never_created(cost)), open_end=end,
         clock_steps=tuple(step.line() for step in store.clock_steps(cost)), lifecycle=lifecycle,
-    ), consumed.aliases)
+    ), found)
 
 
-def _named(data: ReportData, evidence: pl.DataFrame) -> ReportData:
+def _named_by_failures_only(store: MetricsStore, as_of: datetime | None, lifecycle: pl.DataFrame) -> list[str]:
+    """Keys that no successful call or lifecycle event names by `as_of`, only failed calls: such an
+    ARN may name no key at all, or another account's (a denied cross-account attempt is logged in
+    the caller's account alone), so none is a key to delete, as the unused-key rule leaves them out."""
+    calls = store.usage(["keyArn"], None, None, as_of).drop_nulls("keyArn")
+    failed = calls.filter(pl.col("count") == pl.col("errorCount")).select("keyArn")
+    return failed.join(lifecycle.select("keyArn"), on="keyArn", how="anti").get_column("keyArn").to_list()
+
+
+def _named(data: ReportData, found: list[Holding]) -> ReportData:
     """`data` with its keys' aliases in the period (from `since`, or the records' start, to the
-    as-of time) in an `aliases` column after each table's own, in every table that names keys; a
-    key an `alias/aws/…` named is no unused key (AWS managed, as the unused-key rule skips it)."""
-    found = holdings(evidence)
+    as-of time) in an `aliases` column after each table's own, in every table that names keys."""
     names = key_aliases(found, data.options.since, data.as_of)
-    last_used = data.last_used.with_columns(unused=pl.col("unused") & ~pl.col("keyArn").is_in(aws_managed(found)))
     return replace(data, aliases=names, usage=with_aliases(data.usage, names),
                    usage_over_time=with_aliases(data.usage_over_time, names), cost=with_aliases(data.cost, names),
-                   last_used=with_aliases(last_used, names), denied=with_aliases(data.denied, names),
+                   last_used=with_aliases(data.last_used, names), denied=with_aliases(data.denied, names),
                    alarms=with_aliases(data.alarms, names))
 
 

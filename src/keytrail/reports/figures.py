@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -115,12 +116,13 @@ def _per_account(cost: pl.DataFrame) -> dict[str, tuple[Decimal, Decimal, Decima
 
 
 def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: int,
-                lifecycle: pl.DataFrame | None = None, tracking_start: datetime | None = None) -> pl.DataFrame:
+                lifecycle: pl.DataFrame | None = None, tracking_start: datetime | None = None,
+                never: Collection[str] = ()) -> pl.DataFrame:
     """The §4 last-used columns plus `unused`: not used in `unused_days` before `as_of`, or never
     used though it has existed that long (since its CreateKey/ReplicateKey, else since
     `tracking_start`, as the unused-key rule counts); not a key that `lifecycle` shows deleted or
     pending deletion by then (it costs nothing more), nor an AWS managed one (free to keep, and no one
-    can delete it)."""
+    can delete it), nor one of `never` (known otherwise to be no key to delete)."""
     frame = last_used.select(LAST_USED_FIELDS)
     if as_of is None:
         unused = pl.col("lastUsedTime").is_null()
@@ -135,6 +137,7 @@ def mark_unused(last_used: pl.DataFrame, as_of: datetime | None, unused_days: in
         unused = pl.when(pl.col("lastUsedTime").is_null()).then(idle_since.fill_null(limit) <= limit)
         unused = unused.otherwise(pl.col("lastUsedTime") <= limit)
     going = [*keys_going(lifecycle, as_of), *_aws_managed(lifecycle)] if lifecycle is not None else []
+    going += list(never)
     marked = frame.with_columns(unused=unused & ~pl.col("keyArn").is_in(going))
     return marked.select(*LAST_USED_FIELDS, "unused").sort(
         ["unused", "lastUsedTime", "keyArn"], descending=[True, False, False], nulls_last=False)

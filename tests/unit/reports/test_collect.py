@@ -198,6 +198,17 @@ def test_a_key_named_by_an_aws_managed_alias_is_not_marked_unused() -> None:
     assert dict(data.last_used.select("keyArn", "unused").iter_rows()) == {managed: False, IDLE: True}
 
 
+def test_a_key_only_failed_calls_named_is_not_marked_unused() -> None:
+    """A denied call may name any ARN, another account's key too (a denied cross-account attempt
+    is logged in the caller's account alone): the report listed it as a key to delete, where the
+    unused-key rule leaves keys never seen to exist out."""
+    foreign = key_arn("theirs", account="999988887777")
+    events = [record("Decrypt", NOV - timedelta(days=60), foreign, error="AccessDenied"),
+              record("Encrypt", NOV - timedelta(days=60), IDLE), record("Encrypt", NOV, BUSY)]
+    data = collect_sync(RecordsSource(events), ReportOptions(until=AS_OF, alarms=Path(__file__).with_name("none")))
+    assert dict(data.last_used.select("keyArn", "unused").iter_rows()) == {foreign: False, IDLE: True, BUSY: False}
+
+
 def _unused_alarm(alarm_id: str, key: str, idle_since: datetime, raised: datetime) -> dict[str, Any]:
     return {"alarmId": alarm_id, "rule": "unused-key", "severity": "LOW", "keyArn": key, "principalArn": None,
             "accountId": ACCOUNT, "region": "us-east-1", "firstSeen": f"{raised:%Y-%m-%dT%H:%M:%SZ}",
