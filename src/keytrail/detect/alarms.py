@@ -202,8 +202,12 @@ class _Open:
     details: dict[str, str]
     finding: Finding
     # Continuing an alarm a previous run delivered (`AlarmBook.resume`): its findings up to this
-    # time are in its count already, and the replay after the restart brings them again.
+    # time are in its count already, and the replay after the restart brings them again. Of those
+    # of this very second (CloudTrail times have whole seconds), only the ones of `counted_ids`:
+    # the run may have counted more of them than it delivered before it was killed. None: the
+    # alarm lists only its first MAX_EVENT_IDS calls, so those of that second are taken as counted.
     counted_until: datetime | None = None
+    counted_ids: frozenset[str] | None = None
 
 
 Slot = tuple[str, str | None, str | None]  # rule x key x principal: what an alarm names of its slot
@@ -236,7 +240,7 @@ class AlarmBook:
             entry = self._start(finding, rule)
             self._open[slot] = entry
             return self._snapshot(entry)
-        if entry.counted_until is not None and finding.time <= entry.counted_until:
+        if _counted_before(entry, finding):
             return None  # replayed: the previous run counted it
         before = entry.severity
         self._update(entry, finding, rule)
@@ -314,8 +318,9 @@ class AlarmBook:
         entry = _Open(alarm_id=earlier.alarm_id, first=told, first_seen=earlier.first_seen,
                       last_seen=earlier.last_seen, count=earlier.count, floor=earlier.severity,
                       severity=earlier.severity, event_ids=list(earlier.event_ids), details=dict(earlier.details),
-                      finding=told, counted_until=earlier.last_seen)
-        if finding.time > earlier.last_seen:
+                      finding=told, counted_until=earlier.last_seen,
+                      counted_ids=frozenset(earlier.event_ids) if len(earlier.event_ids) >= earlier.count else None)
+        if not _counted_before(entry, finding):
             self._update(entry, finding, rule)
         return entry
 
@@ -373,6 +378,15 @@ class AlarmBook:
             recommendation=latest.recommendation,
             details=MappingProxyType(dict(entry.details)),
         )
+
+
+def _counted_before(entry: _Open, finding: Finding) -> bool:
+    """Whether the previous run, whose alarm `entry` goes on with, counted `finding` already."""
+    if entry.counted_until is None or finding.time > entry.counted_until:
+        return False
+    if finding.time < entry.counted_until or entry.counted_ids is None or finding.event_id is None:
+        return True
+    return finding.event_id in entry.counted_ids
 
 
 def _calls(finding: Finding) -> tuple[int, datetime, list[str]]:

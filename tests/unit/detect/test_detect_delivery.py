@@ -973,3 +973,23 @@ def test_a_rewrite_of_an_outbox_killed_midway_leaves_no_temp_file_once_old(tmp_p
     os.utime(killed, (0, 0))
     Outbox(path).close()  # the next start
     assert (killed.exists(), writing.exists()) == (False, True)
+
+
+async def test_calls_of_the_second_a_killed_run_announced_are_counted_by_the_replay_after_the_restart(
+        tmp_path: Path) -> None:
+    """CloudTrail times have whole seconds: fifteen denials in one second were counted as the
+    previous run's (`counted_until`, its alarm's lastSeen) though it had announced only the first
+    before kill -9 took its pending count, and the alarm stayed at count 1 for good."""
+    records = [denied("Decrypt", T0, key_arn(7), user("eve")) for _ in range(15)]
+    first = DetectorRunner.open(tmp_path)
+    [raised] = await first.feed(records[:1])  # announced at its first call
+    await eventually(lambda: read_alarms(tmp_path / "alarms.jsonl"), what="the alarm in alarms.jsonl")
+    await first.feed(records[1:])  # counted; the new count waits for the next tick
+    await _killed(first)
+    second = DetectorRunner.open(tmp_path)
+    await second.feed(records)  # the replay
+    second.caught_up()
+    await second.tick(T0 + timedelta(hours=1))  # the window closed while the node was down
+    await second.close()
+    alarm = read_alarms(tmp_path / "alarms.jsonl")[raised.alarm_id]
+    assert (alarm.count, len(alarm.event_ids)) == (15, 15)
