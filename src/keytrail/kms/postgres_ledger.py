@@ -30,7 +30,7 @@ from keytrail.kms import errors
 from keytrail.kms.authentic_docs import HEAD_CHARS, DocumentRefused, Row
 from keytrail.kms.resealing import POSTGRES_TABLES, DocumentTable
 from keytrail.kms.sealing import RootKey
-from keytrail.kms.store_ledger import Entry, Ledger, LedgerMismatch
+from keytrail.kms.store_ledger import Entry, Ledger, LedgerMismatch, NewerStore
 
 __all__ = ["CHECK_EVERY", "LEDGER_SCHEMA", "LedgerWatch", "LedgerWriter", "Write", "read_ledger"]
 
@@ -163,8 +163,10 @@ class LedgerWatch:
         """Refuse every call from now on, the log saying why once; the refusal to raise now."""
         if self.mismatch is None:
             self.mismatch = mismatch
+            until = ("a node of the newer version serves the store in its place" if isinstance(mismatch, NewerStore)
+                     else "the database is restored")
             log.error("key store: %s: every call on it is refused until the node restarts (which refuses to start "
-                      "until the database is restored)", mismatch)
+                      "until %s)", mismatch, until)
         return _refusal()
 
     async def check(self, timeout: float) -> None:

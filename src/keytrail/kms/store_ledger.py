@@ -32,25 +32,37 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from keytrail.kms.authentic_docs import Row, authenticate, head, row_binding, verify
-from keytrail.kms.resealing import DOCUMENT_TABLES
+from keytrail.kms.resealing import DOCUMENT_TABLES, POSTGRES_TABLES
 from keytrail.kms.sealing import RootKey
 
-__all__ = ["LEDGER_ROW", "LEDGER_TABLE", "Entry", "Ledger", "LedgerMismatch"]
+__all__ = ["LEDGER_ROW", "LEDGER_TABLE", "Entry", "Ledger", "LedgerMismatch", "NewerStore"]
 
 LEDGER_TABLE = "ledger"  # no document table has this name: a ledger never verifies as a row's document
 LEDGER_ROW: Row = ("store",)
 
 Entry = tuple[str, Row, str]  # a table's name, a row's primary key, the row's document
+_KNOWN_TABLES = frozenset(table.name for table in POSTGRES_TABLES)  # every table this version ledgers
 
 
 class LedgerMismatch(OSError):
     """The key store's rows are not the ones its ledger records (an OSError: the CLI reports it in
     one line). Names tables and counts, never a document."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__("the key store does not match its ledger (rows rolled back, deleted or added outside "
-                         f"keytrail): {detail}")
+    def __init__(self, detail: str, cause: str = "rows rolled back, deleted or added outside keytrail") -> None:
+        super().__init__(f"the key store does not match its ledger ({cause}): {detail}")
         self.detail = detail
+
+
+class NewerStore(LedgerMismatch):
+    """The ledger counts rows of tables this version does not know. Only keytrail, which holds the
+    root key, writes a ledger that verifies: a newer version added those tables (as one added
+    `key_last_use`), so the store is as it should be, and restoring it would lose every change since."""
+
+    def __init__(self, unknown: dict[str, int]) -> None:
+        tables = ", ".join(f"{count} row(s) of the table {table}" for table, count in sorted(unknown.items()))
+        super().__init__(f"its ledger counts {tables}, which this version does not know: serve the store with "
+                         "that version, or restore the backup taken before the upgrade to go back to this one",
+                         "a newer version of keytrail wrote it")
 
 
 def _term(root: RootKey, table: str, row: Row, text: str) -> int:
@@ -105,6 +117,9 @@ class Ledger:
         same = hmac.compare_digest(found.digest.to_bytes(32, "big"), self.digest.to_bytes(32, "big"))
         if same and _counted(found.rows) == _counted(self.rows):
             return
+        unknown = {table: count for table, count in _counted(self.rows).items() if table not in _KNOWN_TABLES}
+        if unknown:
+            raise NewerStore(unknown)
         counts = [f"{table} {found.rows.get(table, 0)} row(s), the ledger {self.rows.get(table, 0)}"
                   for table in sorted(set(self.rows) | set(found.rows))
                   if found.rows.get(table, 0) != self.rows.get(table, 0)]
