@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from keytrail.detect.avro import decode_alarm
 from keytrail.detect.engine import Detector
@@ -54,6 +55,18 @@ async def consume(bootstrap: str, topic: str, count: int, timeout: float = 30.0)
         await consumer.stop()
 
 
+async def _topic_listed(bootstrap: str, topic: str, timeout: float) -> None:
+    """Wait until the broker lists `topic` (listing makes no topic, as a consumer's metadata may)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        async with asyncio.timeout(timeout):
+            while topic not in await admin.list_topics():
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
 async def test_alarm_is_delivered_to_the_alarms_topic(bootstrap: str, tmp_path: Path) -> None:
     runner = DetectorRunner.open(tmp_path, hooks=HooksConfig(kafka=bootstrap))
     [raised] = await runner.feed([denied("Decrypt", T0, key_arn(3), user("eve"))])
@@ -61,6 +74,27 @@ async def test_alarm_is_delivered_to_the_alarms_topic(bootstrap: str, tmp_path: 
     [(key, value)] = await consume(bootstrap, ALARMS_TOPIC, 1)
     assert key == key_arn(3).encode()
     assert decode_alarm(value) == raised
+
+
+async def test_alarm_reaches_a_broker_that_makes_no_topic_by_itself(tmp_path: Path) -> None:
+    """A broker with auto.create.topics.enable=false (Amazon MSK's default) makes no topic a
+    producer names. Nothing made the alarms topic, so there the Kafka hook was down for good and no
+    alarm ever reached it, while the audit topic, which the shipper makes, filled as usual. The
+    hook makes its topic too."""
+    proxy_port = free_port()
+    with kafka_broker(advertised_port=proxy_port) as direct:
+        async with KafkaProxy(int(direct.rsplit(":", 1)[1]), proxy_port) as proxy:
+            proxy.refuse_topic_creation()
+            runner = DetectorRunner.open(tmp_path, hooks=HooksConfig(kafka=proxy.bootstrap))
+            [raised] = await runner.feed([denied("Decrypt", T0, key_arn(5), user("eve"))])
+            # The producer waits out its request timeout (10 s) for the broker to make the topic
+            # before the hook makes it; a consumer of a topic that does not exist fails at once.
+            await _topic_listed(proxy.bootstrap, ALARMS_TOPIC, timeout=30)
+            got = await consume(proxy.bootstrap, ALARMS_TOPIC, 1)
+            await runner.close()
+    assert proxy.creations_refused > 0  # the broker was asked to make the topic, and did not
+    assert [decode_alarm(value) for _, value in got] == [raised]
+    assert runner.dispatcher.failed == 0
 
 
 async def test_alarm_waits_out_a_broker_that_is_briefly_down(tmp_path: Path) -> None:

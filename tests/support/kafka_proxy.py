@@ -2,7 +2,9 @@
 carrying given bytes unanswered: a broker (or a gateway before it) that never acknowledges one
 record while it takes the others, which no broker setting gives. It can also make a partition's
 log start later (`delete_below`), as Kafka's retention does: tansu's memory storage implements
-neither retention nor DeleteRecords (it fails the request)."""
+neither retention nor DeleteRecords (it fails the request). And it can make the broker create no topic
+on a client's behalf (`refuse_topic_creation`), as a Kafka broker with auto.create.topics.enable=false
+does, which tansu has no setting for."""
 
 from __future__ import annotations
 
@@ -10,14 +12,15 @@ import asyncio
 import contextlib
 from types import TracebackType
 
-from aiokafka.protocol import fetch
+from aiokafka.protocol import fetch, metadata
 
 from tests.support.services import free_port
 
-__all__ = ["FETCH", "PRODUCE", "KafkaProxy"]
+__all__ = ["FETCH", "METADATA", "PRODUCE", "KafkaProxy"]
 
 PRODUCE = 0  # the Produce request's api_key
 FETCH = 1
+METADATA = 3
 _HEADER = 10  # api_key, api_version, correlation id, client id's length (request header v1)
 
 
@@ -33,6 +36,8 @@ class KafkaProxy:
         self._holding: bytes | None = None
         self._log_starts: dict[tuple[str, int], int] = {}  # (topic, partition) -> first offset fetched
         self.fetched_from_log_start = 0  # fetches from below a log start made from there so far
+        self._creating_topics = True  # whether metadata requests may have the broker create topics
+        self.creations_refused = 0  # metadata requests asking for a topic's creation refused so far
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._relays: set[asyncio.Task[None]] = set()
@@ -52,6 +57,13 @@ class KafkaProxy:
         it reads from it, as a consumer of Kafka does once retention deleted the records below
         (its fetch answered out of range, it resets to the log's start, auto_offset_reset)."""
         self._log_starts[(topic, partition)] = offset
+
+    def refuse_topic_creation(self) -> None:
+        """From now on, a metadata request naming a topic the broker lacks does not have it made:
+        the broker answers UNKNOWN_TOPIC_OR_PARTITION, as a Kafka broker with
+        auto.create.topics.enable=false does (the request's allow_auto_topic_creation is set to
+        false, which tansu honours). A topic is then made only by CreateTopics."""
+        self._creating_topics = False
 
     async def __aenter__(self) -> KafkaProxy:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
@@ -100,7 +112,7 @@ class KafkaProxy:
                 while await client.read(65536):
                     pass
                 return
-            frame = self._fetching_from_log_start(frame)
+            frame = self._fetching_from_log_start(self._without_topic_creation(frame))
             to_broker.write(len(frame).to_bytes(4, "big", signed=True) + frame)
             await to_broker.drain()
 
@@ -116,6 +128,23 @@ class KafkaProxy:
         at = topics.fields[1].array_of.names.index("fetch_offset")
         request.topics = [(topic, [self._from_log_start(topic, list(part), at) for part in parts])
                           for topic, parts in request.topics]
+        return frame[:body] + request.encode()
+
+    def _without_topic_creation(self, frame: bytes) -> bytes:
+        """`frame`, a metadata request allowing the broker to create topics, made one that does not
+        (`refuse_topic_creation`)."""
+        if self._creating_topics or int.from_bytes(frame[:2], "big", signed=True) != METADATA:
+            return frame
+        version = int.from_bytes(frame[2:4], "big", signed=True)
+        body = _HEADER + max(0, int.from_bytes(frame[8:_HEADER], "big", signed=True))
+        kind = getattr(metadata, f"MetadataRequest_v{version}")  # v0-v5: none flexible
+        # Before v4 a request naming topics always allows their creation: none is sent by aiokafka,
+        # which asks for v5, but a test must not pass on one unseen.
+        assert "allow_auto_topic_creation" in kind.SCHEMA.names, f"metadata request v{version}"
+        request = kind.decode(frame[body:])
+        if request.allow_auto_topic_creation:
+            request.allow_auto_topic_creation = False
+            self.creations_refused += 1
         return frame[:body] + request.encode()
 
     def _from_log_start(self, topic: str, part: list[int], at: int) -> list[int]:

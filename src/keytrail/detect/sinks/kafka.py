@@ -1,4 +1,5 @@
-"""Kafka hook: alarms on `keytrail.alarms.v1`, Avro single-object encoded, keyed by key ARN."""
+"""Kafka hook: alarms on `keytrail.alarms.v1`, Avro single-object encoded, keyed by key ARN (the
+account id for an alarm about no one key); the hook makes the topic where the broker does not."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from aiokafka.errors import (
     RecordListTooLargeError,
     RecordTooLargeError,
     RequestTimedOutError,
+    UnknownTopicOrPartitionError,
 )
 
 from keytrail.detect.alarms import Alarm
@@ -24,7 +26,7 @@ from keytrail.detect.avro import encode_alarm
 from keytrail.detect.sinks import Attempts, DeliveryError, Failure, HookDown
 from keytrail.detect.sinks.dead_letter import DeadLetters
 from keytrail.transport.addresses import redacted
-from keytrail.transport.kafka import quiet_bootstrap
+from keytrail.transport.kafka import ensure_topic, quiet_bootstrap
 
 __all__ = ["ALARMS_TOPIC", "KafkaSink"]
 
@@ -47,6 +49,12 @@ REFUSALS = (CorruptRecordException, InvalidMessageError, InvalidTimestampError, 
 # acknowledge in time; KafkaTimeoutError is a batch expiring before it was sent (no leader).
 SEND_TIMEOUTS = (KafkaTimeoutError, RequestTimedOutError)
 REQUEST_TIMEOUT_MS = 10_000
+# How the hook makes its topic on a broker that makes no topic by itself (auto.create.topics.enable
+# =false, Amazon MSK's default), where nothing else would: as many partitions as `serve` gives the
+# audit topic by default, each on up to three brokers. A topic made beforehand, or by a broker that
+# makes topics, is used as it is.
+TOPIC_PARTITIONS = 3
+TOPIC_REPLICAS = 3
 
 
 class KafkaSink:
@@ -88,12 +96,32 @@ class KafkaSink:
             await self.aclose()
             return Failure(str(exc) or type(exc).__name__, down=not isinstance(exc, REFUSALS))
         try:
-            await producer.send_and_wait(self.topic, value, key=key)
+            await self._send_and_wait(producer, value, key)
             return None
         except (KafkaError, OSError) as exc:
             await self.aclose()  # start afresh on the next attempt
             return Failure(str(exc) or type(exc).__name__, down=not isinstance(exc, REFUSALS),
                            reached=isinstance(exc, SEND_TIMEOUTS))
+
+    async def _send_and_wait(self, producer: AIOKafkaProducer, value: bytes, key: bytes) -> None:
+        """Send and wait for the broker's ack; the topic made first if the broker lacks it and did not
+        make it when the producer asked for it (aiokafka's metadata requests ask the broker to)."""
+        try:
+            await producer.send_and_wait(self.topic, value, key=key)
+        except UnknownTopicOrPartitionError:
+            await self._make_topic(producer)
+            await producer.send_and_wait(self.topic, value, key=key)
+
+    async def _make_topic(self, producer: AIOKafkaProducer) -> None:
+        """Make the topic, each partition on as many of the cluster's brokers as TOPIC_REPLICAS allows."""
+        replicas = max(1, min(TOPIC_REPLICAS, len(producer.client.cluster.brokers())))
+        try:
+            await ensure_topic(self.bootstrap, self.topic, TOPIC_PARTITIONS, replicas,
+                               timeout_ms=self.request_timeout_ms)
+        except RuntimeError as exc:  # the broker refused to make it: a policy, no authorization
+            # The hook is down until someone makes the topic; the reason goes in its log line.
+            raise UnknownTopicOrPartitionError(
+                f"topic {self.topic} does not exist, and the broker refused to make it ({exc}): make it") from exc
 
     async def _start(self) -> AIOKafkaProducer:
         if self._producer is None:
