@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from keytrail.detect.sinks.jsonl import read_alarms
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.errors import KmsError
 from keytrail.kms.evaluator import PolicyAuthorizer
-from keytrail.kms.key_last_use import LastUseStore, SharedLastUsage, UseOutbox, share_uses
+from keytrail.kms.key_last_use import KeyUse, LastUseStore, SharedLastUsage, UseOutbox, share_uses
 from keytrail.kms.model import AuditUnavailable, CallRecord, CallsInProgress, KeyLastUsage, LastUsageSource
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Store
@@ -55,6 +55,7 @@ from keytrail.log_lines import LineThinner
 from keytrail.owner_only import remove_stale_temps, replace_whole, replace_whole_temps
 from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
 from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, kafka_consumers_counting
+from keytrail.pipeline.lastused import last_used_per_key
 from keytrail.pipeline.prices import PriceTable
 from keytrail.pipeline.prometheus import MetricsExposition, render_family, render_histogram
 from keytrail.pipeline.query import MetricsStore
@@ -300,6 +301,28 @@ def _last_usage(data_dir: Path, store: Store) -> LastUsageSource:
     latest use any of them wrote there too (kms/key_last_use.py)."""
     local = _LastUsageFromMetrics(MetricsStore(data_dir))
     return SharedLastUsage(local, store) if isinstance(store, LastUseStore) else local
+
+
+async def _share_counted_uses(data_dir: Path, uses: UseOutbox) -> None:
+    """Note, for the other nodes, each key's last use this node's consumer counted: the store holds
+    only the uses written since its nodes write them (a version without `kms_key_last_use`, a node
+    killed before it wrote its last second's), and without them a key used only through this node
+    read as unused on the others, whose guard then let it be disabled or scheduled for deletion.
+    The store keeps only those later than its own (kms/key_last_use.py)."""
+    try:
+        counted = await asyncio.to_thread(_counted_uses, data_dir)
+    except Exception as exc:  # the consumer's state unreadable: it says why; GetKeyLastUsage fails alike
+        log.warning("the last uses of keys this node counted before its start are not shared with the other nodes: "
+                    "%s", os_problem(exc) if isinstance(exc, OSError) else exc)
+        return
+    uses.give_back(counted)
+
+
+def _counted_uses(data_dir: Path) -> list[KeyUse]:
+    """Each key's last use in the consumer's state of `data_dir`."""
+    rows = last_used_per_key(MetricsStore(data_dir).last_used()).to_dicts()
+    return [KeyUse(row["keyArn"], row["lastUsedOperation"], row["lastUsedTime"].astimezone(UTC), row["eventId"],
+                   row["requestId"], row["lastUsedPrincipalArn"]) for row in rows if row["lastUsedTime"] is not None]
 
 
 def _pipeline_metrics(consumer: MetricsConsumer | None, audit: AuditTrail) -> Callable[[], Awaitable[str]]:
@@ -560,6 +583,7 @@ async def _start(node: Node) -> None:
     node.background.append(asyncio.create_task(_scheduler(node)))
     node.background.append(asyncio.create_task(_say_overdue_refusals(node.app)))
     if node.uses is not None and isinstance(node.service.store, LastUseStore):
+        node.background.append(asyncio.create_task(_share_counted_uses(node.settings.data_dir, node.uses)))
         node.background.append(asyncio.create_task(share_uses(node.uses, node.service.store)))
     # botocore reads and parses the KMS model (gzip JSON) on first use: 0.5-0.8 s that otherwise
     # falls on the first request; loaded before the freeze below, it is also out of the gc's reach.

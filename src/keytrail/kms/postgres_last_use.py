@@ -61,7 +61,8 @@ class PostgresLastUse(PostgresStoreBase):
             await writer.put_many(KEY_LAST_USE, _UPSERT, writes)
 
     def _newer(self, latest: dict[tuple[str, str, str], KeyUse], stored: Any) -> Write | None:
-        """The write of a key's use if it is later than the stored one, None if it is not, or the
+        """The write of a key's use if it is later than the stored one, None if it is not (or is
+        that use: a node shares at each start the uses its consumer counted), or the
         key is gone, or its stored row is refused (kept as it is for the operator to restore: the
         reads of it fail meanwhile; logged the first time only, as the next flush comes within a
         second)."""
@@ -71,7 +72,8 @@ class PostgresLastUse(PostgresStoreBase):
             return None
         if old is not None:
             try:
-                if use_from_doc(verify(self._root, KEY_LAST_USE.name, row, old)).timestamp > use.timestamp:
+                kept = use_from_doc(verify(self._root, KEY_LAST_USE.name, row, old))
+                if kept.timestamp > use.timestamp or kept == use:
                     return None
             except DocumentRefused as refusal:
                 if (KEY_LAST_USE.name, row) not in self._reported:
