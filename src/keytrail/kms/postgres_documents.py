@@ -12,17 +12,18 @@ import asyncpg
 
 from keytrail.kms.authentic_docs import DocumentRefused, verify
 from keytrail.kms.codec import grant_from_doc
-from keytrail.kms.grants import GrantTerm, grant_terms
+from keytrail.kms.grants import GrantTerm, filed_terms
 from keytrail.kms.postgres_ledger import LEDGER_SCHEMA
 from keytrail.kms.resealing import GRANTS, POSTGRES_TABLES, DocumentTable, reauthenticated
 from keytrail.kms.sealing import AUTHENTICATED_SEAL, RootKey, SealError
+from keytrail.kms.store import Grant
 from keytrail.kms.store_ledger import Ledger
 from keytrail.kms.store_upgrade import Document, opening_plan
 
 __all__ = [
     "UPSERT_ALIAS", "UPSERT_GRANT", "UPSERT_IMPORT", "UPSERT_KEY", "UPSERT_OWED", "UPSERT_STORE",
-    "PrivilegesMissing", "check_privileges", "make_schema", "name_grantees", "open_documents", "reauthenticate",
-    "term_values",
+    "PrivilegesMissing", "check_privileges", "filed_values", "make_schema", "name_grantees", "open_documents",
+    "reauthenticate", "term_values",
 ]
 
 # A table or column added here must be one _SCHEMA_MISSING looks for too: a store that has the rest
@@ -59,9 +60,19 @@ CREATE INDEX IF NOT EXISTS kms_grants_by_grantee ON kms_grants (account, region,
 CREATE INDEX IF NOT EXISTS kms_grants_unfiled ON kms_grants (account, region, key_id) WHERE terms_filed IS NULL;
 CREATE INDEX IF NOT EXISTS kms_grants_by_id ON kms_grants (grant_id);
 CREATE TABLE IF NOT EXISTS kms_grant_terms (term TEXT, account TEXT, region TEXT, key_id TEXT, grant_id TEXT,
-    PRIMARY KEY (term, account, region, key_id, grant_id),
+    exact BOOLEAN NOT NULL DEFAULT FALSE, PRIMARY KEY (term, account, region, key_id, grant_id),
     FOREIGN KEY (account, region, key_id, grant_id) REFERENCES kms_grants ON DELETE CASCADE);
+-- The terms a version before filed have their grants filed again as the node opens the store: their
+-- `exact` is not known, every grant under them is read until then.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = current_schema()
+                   AND table_name = 'kms_grant_terms' AND column_name = 'exact') THEN
+        ALTER TABLE kms_grant_terms ADD COLUMN exact BOOLEAN NOT NULL DEFAULT FALSE;
+        UPDATE kms_grants SET terms_filed = NULL;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS kms_grant_terms_of_grant ON kms_grant_terms (account, region, key_id, grant_id);
+CREATE INDEX IF NOT EXISTS kms_grant_terms_inexact ON kms_grant_terms (term) WHERE NOT exact;
 CREATE TABLE IF NOT EXISTS kms_root_key (id INTEGER PRIMARY KEY, sealed TEXT NOT NULL);
 """ + LEDGER_SCHEMA
 # Whether a table or column SCHEMA makes is missing, found as the store's statements find them
@@ -72,7 +83,8 @@ _SCHEMA_MISSING = """SELECT EXISTS (SELECT FROM unnest($1::text[]) AS t(name) WH
     OR NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass('kms_owed_records')
                    AND attname = 'written_at' AND NOT attisdropped)
     OR to_regclass('kms_grants_by_grantee') IS NULL OR to_regclass('kms_grants_unfiled') IS NULL
-    OR to_regclass('kms_grants_by_id') IS NULL OR to_regclass('kms_grant_terms_of_grant') IS NULL"""
+    OR to_regclass('kms_grants_by_id') IS NULL OR to_regclass('kms_grant_terms_of_grant') IS NULL
+    OR to_regclass('kms_grant_terms_inexact') IS NULL"""
 _SCHEMA_TABLES = [*(f"kms_{table.name}" for table in POSTGRES_TABLES), "kms_root_key", "kms_ledger", "kms_grant_terms"]
 # What the store does to each of its tables. A role lacking one of them started a node that then
 # failed some calls only (a RevokeGrant without DELETE), each with a traceback in the log, while
@@ -87,22 +99,25 @@ UPSERT_ALIAS = """INSERT INTO kms_aliases VALUES ($1, $2, $3, $4, $5)
 # `grantee`: the grant's grantee principal, outside its document, so that CreateGrant's Name reads
 # the grantee's grants only (`PostgresStore.grants_to`), and the rows of `kms_grant_terms`: the terms
 # the grant is filed under (`term_values`), so that authorizing a call reads only the grants that may
-# allow it (`PostgresStore.grants_allowing`), each from an index. They are no more than hints: whoever
+# allow it (`PostgresStore.grants_allowing`), each from an index, and of those `exact` under a term
+# (kms/grants.py: `exact_terms`), one. They are no more than hints: whoever
 # can write the tables can change them, and the verified document decides. `terms_filed` tells a
 # grant filed so from one a node of before wrote: that one is read for every call on its key. One
 # statement (LedgerWriter.put runs one); the terms of a grant written over (not by keytrail's calls:
 # a grant does not change) are those it is written with, a grant's terms go with its row.
 UPSERT_GRANT = """WITH written AS (
         INSERT INTO kms_grants (account, region, key_id, grant_id, created, grantee, terms_filed, doc)
-        VALUES ($1, $2, $3, $4, $5, $6, TRUE, $8)
+        VALUES ($1, $2, $3, $4, $5, $6, TRUE, $9)
         ON CONFLICT (account, region, key_id, grant_id) DO UPDATE SET doc = EXCLUDED.doc,
             grantee = EXCLUDED.grantee, terms_filed = TRUE
         RETURNING account, region, key_id, grant_id),
     stale AS (DELETE FROM kms_grant_terms AS t USING written AS w
         WHERE (t.account, t.region, t.key_id, t.grant_id) = (w.account, w.region, w.key_id, w.grant_id)
         AND t.term <> ALL($7::text[]))
-    INSERT INTO kms_grant_terms SELECT term, account, region, key_id, grant_id FROM written, unnest($7::text[]) AS term
-    ON CONFLICT DO NOTHING"""
+    INSERT INTO kms_grant_terms (term, account, region, key_id, grant_id, exact)
+    SELECT f.term, account, region, key_id, grant_id, f.exact
+    FROM written, unnest($7::text[], $8::boolean[]) AS f(term, exact)
+    ON CONFLICT (term, account, region, key_id, grant_id) DO UPDATE SET exact = EXCLUDED.exact"""
 # valid_to too: left as first written, a token written again with a later one was deleted as stale
 # by the next put, two days after its first valid_to (the ledger property test found it).
 UPSERT_IMPORT = """INSERT INTO kms_import_parameters VALUES ($1, $2, $3)
@@ -204,8 +219,9 @@ _NAME_GRANTEES = """UPDATE kms_grants AS g SET grantee = n.grantee, terms_filed 
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
         AS n(grantee, account, region, key_id, grant_id)
     WHERE (g.account, g.region, g.key_id, g.grant_id) = (n.account, n.region, n.key_id, n.grant_id)"""
-_FILE_GRANTS = """INSERT INTO kms_grant_terms SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
-    $5::text[]) ON CONFLICT DO NOTHING"""
+_FILE_GRANTS = """INSERT INTO kms_grant_terms (term, account, region, key_id, grant_id, exact)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[])
+    ON CONFLICT (term, account, region, key_id, grant_id) DO UPDATE SET exact = EXCLUDED.exact"""
 
 
 def term_values(account: str, region: str, key_id: str, terms: Iterable[GrantTerm]) -> list[str]:
@@ -215,6 +231,12 @@ def term_values(account: str, region: str, key_id: str, terms: Iterable[GrantTer
     every key's."""
     return [hashlib.blake2b(repr((account, region, key_id, *term)).encode(), digest_size=16).hexdigest()
             for term in terms]
+
+
+def filed_values(grant: Grant) -> tuple[list[str], list[bool]]:
+    """The `term` and `exact` values of the rows of `kms_grant_terms` that file `grant`."""
+    filed = sorted(filed_terms(grant))
+    return term_values(grant.account, grant.region, grant.key_id, (term for term, _ in filed)), [e for _, e in filed]
 
 
 async def name_grantees(connection: Any, root: RootKey) -> None:
@@ -230,7 +252,8 @@ async def name_grantees(connection: Any, root: RootKey) -> None:
             continue
         grant = grant_from_doc(body)
         named.append((grant.grantee_principal, *row))
-        filed += [(term, *row) for term in term_values(grant.account, grant.region, grant.key_id, grant_terms(grant))]
+        terms, exact = filed_values(grant)
+        filed += [(term, *row, is_exact) for term, is_exact in zip(terms, exact, strict=True)]
     for statement, rows in ((_FILE_GRANTS, filed), (_NAME_GRANTEES, named)):
         if rows:
             await connection.execute(statement, *(list(column) for column in zip(*rows, strict=True)))

@@ -30,7 +30,7 @@ from keytrail.kms.codec import (
     key_from_doc,
     key_to_doc,
 )
-from keytrail.kms.grants import GrantTerm, grant_terms, request_terms
+from keytrail.kms.grants import GrantTerm, filed_terms, request_terms
 from keytrail.kms.keys import Key
 from keytrail.kms.locks import KeyLocks
 from keytrail.kms.owed_records import Owing
@@ -177,7 +177,8 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         # Each key's grants by the terms they are filed under (kms/grants.py: `grant_terms`): a call
         # weighs only those under its own terms (`grants_allowing`), where weighing all of its
         # caller's took 14-90 ms a call at 20,000 grants to it, each for another encryption context.
-        self._grants_by_term: dict[tuple[str, str, str], dict[GrantTerm, dict[str, Grant]]] = {}
+        # Filed apart under a term: those that allow alike every request looking it up (`exact_terms`).
+        self._grants_by_term: dict[tuple[str, str, str], dict[tuple[GrantTerm, bool], dict[str, Grant]]] = {}
         self._custom_key_stores = {}
         # Rows whose document did not verify as the store opened, by table: the calls that need
         # one fail; nothing of them is in memory.
@@ -523,8 +524,8 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         self._grants.setdefault(scope, {})[grant.grant_id] = grant
         self._grants_by_grantee.setdefault(scope, {}).setdefault(grant.grantee_principal, {})[grant.grant_id] = grant
         by_term = self._grants_by_term.setdefault(scope, {})
-        for term in grant_terms(grant):
-            by_term.setdefault(term, {})[grant.grant_id] = grant
+        for filed in filed_terms(grant):
+            by_term.setdefault(filed, {})[grant.grant_id] = grant
         if (order := self._grant_order.get(scope)) is not None:
             bisect.insort(order, grant_position(grant))
 
@@ -539,11 +540,11 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             if not of_grantee:
                 by_grantee.pop(held.grantee_principal, None)
             by_term = self._grants_by_term.get(scope, {})
-            for term in grant_terms(held):
-                filed = by_term.get(term, {})
-                filed.pop(grant_id, None)
-                if not filed:
-                    by_term.pop(term, None)
+            for filed in filed_terms(held):
+                grants = by_term.get(filed, {})
+                grants.pop(grant_id, None)
+                if not grants:
+                    by_term.pop(filed, None)
 
     async def list_grants(self, account: str, region: str, key_id: str) -> list[Grant]:
         scope = (account, region, key_id)
@@ -593,7 +594,10 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
             return []
         found: dict[str, Grant] = {}
         for term in request_terms(grantees, operation, context):
-            found.update(by_term.get(term, {}))
+            found.update(by_term.get((term, False), {}))
+            if exact := by_term.get((term, True)):  # any one of them decides as all would
+                one = next(iter(exact.values()))
+                found[one.grant_id] = one
         return list(found.values())
 
     async def get_grant(self, account: str, region: str, key_id: str, grant_id: str) -> Grant | None:

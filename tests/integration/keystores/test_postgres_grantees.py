@@ -112,3 +112,46 @@ async def test_a_grant_written_unfiled_by_a_node_of_before_still_allows_and_is_f
     assert await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {READER}, "Decrypt", {}) == [GRANT]
     assert await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {READER}, "Encrypt", {}) == []
     await store.close()
+
+
+def _alike(n: int) -> Grant:
+    """One of the reader's grants that each allow its DescribeKey and Decrypt alike (unconstrained, or
+    an Equals: one read decides as all would)."""
+    constraints = {"EncryptionContextEquals": {"app": "logs"}} if n % 2 else None
+    return dataclasses.replace(GRANT, grant_id=f"{n:064x}", operations=("DescribeKey", "Decrypt"),
+                               constraints=constraints)
+
+
+async def test_of_the_grants_that_allow_a_call_alike_one_is_read(dsn: str) -> None:
+    store = await _store(dsn, RootKey(os.urandom(32)))
+    alike = [_alike(n) for n in range(1, 301)]
+    # Under the same terms, grants that decide apart: read, all of them
+    never = dataclasses.replace(GRANT, grant_id="d4" * 32, operations=("DescribeKey",),
+                                constraints={"SourceArn": "arn:aws:s3:::bucket"})
+    subset = dataclasses.replace(GRANT, grant_id="e5" * 32, constraints={"EncryptionContextSubset": {"app": "logs"}})
+    for grant in (never, subset, *alike):
+        await store.put_grant(grant)
+    described = await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {READER}, "DescribeKey", {})
+    assert len(described) == 2 and never in described  # all 301 before
+    decrypted = await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {READER}, "Decrypt", {"App": "logs"})
+    # GRANT or an unconstrained one; an Equals one; the Subset
+    assert len(decrypted) == 3 and subset in decrypted
+    [other] = await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {READER}, "Decrypt", {"app": "x"})
+    assert other.constraints is None
+    await store.close()
+
+
+async def test_terms_filed_by_a_version_before_exact_ones_are_read_in_full_and_filed_again_at_the_next_start(
+        dsn: str) -> None:
+    root = RootKey(os.urandom(32))
+    store = await _store(dsn, root)
+    for grant in (_alike(n) for n in range(1, 21)):
+        await store.put_grant(grant)
+    await fetch_value(dsn, "UPDATE kms_grant_terms SET exact = FALSE")  # as a node of before writes them
+    assert len(await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {READER}, "DescribeKey", {})) == 20
+    await store.close()
+    await fetch_value(dsn, "ALTER TABLE kms_grant_terms DROP COLUMN exact")  # its index goes with it
+    store = await PostgresStore.connect(dsn, root)
+    assert await fetch_value(dsn, "SELECT count(*) FROM kms_grants WHERE terms_filed IS NULL") == 0
+    assert len(await store.grants_allowing(ACCOUNT, REGION, OTHER.key_id, {READER}, "DescribeKey", {})) == 1
+    await store.close()

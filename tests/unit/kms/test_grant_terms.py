@@ -2,12 +2,15 @@
 every grant that allows a request shares a term with it, whatever its constraints, so narrowing
 the read refuses nothing a grant allows. Through KmsService with the real PolicyAuthorizer, a
 caller's one matching grant among 5,000 of its grants on the key is all that is weighed, and it
-allows; a revoked or retired one no longer does."""
+allows; a revoked or retired one no longer does. Of the grants that allow alike every request
+looking up a term (`exact_terms`), one is read: the store's answer decides as all of them would."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,15 @@ from keytrail.kms import errors
 from keytrail.kms.authz import AccessDecision, AccessRequest
 from keytrail.kms.context import CallContext
 from keytrail.kms.evaluator import PolicyAuthorizer
-from keytrail.kms.grants import CONTEXT_OPERATIONS, grant_allows, grant_terms, grantee_names, request_terms
+from keytrail.kms.grants import (
+    CONTEXT_OPERATIONS,
+    exact_terms,
+    grant_allows,
+    grant_terms,
+    grantee_matches,
+    grantee_names,
+    request_terms,
+)
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
@@ -38,6 +49,11 @@ _CONSTRAINTS = st.one_of(
     st.builds(lambda c: {"EncryptionContextEquals": c}, _CONTEXTS),
     st.builds(lambda a, b: {"EncryptionContextEquals": a, "EncryptionContextSubset": b}, _CONTEXTS, _CONTEXTS),
 )
+# Besides these, what else a grant may hold: a SourceArn (it allows nothing), a CreateGrant
+_ANY_CONSTRAINTS = st.one_of(
+    _CONSTRAINTS, st.builds(lambda c: {**(c or {}), "SourceArn": "arn:aws:s3:::b"}, _CONSTRAINTS))
+_ANY_OPERATIONS = st.lists(st.sampled_from(sorted(CONTEXT_OPERATIONS | {"DescribeKey", "Sign", "CreateGrant"})),
+                           min_size=1, max_size=4, unique=True)
 _OPERATIONS = st.lists(st.sampled_from(sorted(CONTEXT_OPERATIONS | {"DescribeKey", "Sign", "RetireGrant"})),
                        min_size=1, max_size=4, unique=True)
 _GRANTEES = st.sampled_from([BOB.arn, BOB.root_arn, ACCOUNT, ALICE.arn])
@@ -58,6 +74,46 @@ def test_a_grant_that_allows_a_request_shares_a_term_with_it(
     grant = _grant(grantee, tuple(operations), constraints)
     if grant_allows(grant, operation, BOB, {"context": context}, identity_allows):
         assert grant_terms(grant) & request_terms(grantee_names(BOB), operation, context)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_GRANTEES, _ANY_OPERATIONS, _ANY_CONSTRAINTS, st.sampled_from(sorted(CONTEXT_OPERATIONS | {"DescribeKey",
+       "CreateGrant"})), _CONTEXTS, st.booleans())
+def test_a_grant_filed_exactly_under_a_term_allows_every_request_that_looks_it_up(
+        grantee: str, operations: list[str], constraints: dict[str, Any] | None, operation: str,
+        context: dict[str, str], identity_allows: bool) -> None:
+    grant = _grant(grantee, tuple(operations), constraints)
+    shared = exact_terms(grant) & request_terms(grantee_names(BOB), operation, context)
+    if shared and grantee_matches(grantee, BOB, identity_allows):
+        assert grant_allows(grant, operation, BOB, {"context": context}, identity_allows)
+
+
+_MANY_GRANTS = st.lists(st.tuples(_GRANTEES, _ANY_OPERATIONS, _ANY_CONSTRAINTS), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_MANY_GRANTS, st.sampled_from(sorted(CONTEXT_OPERATIONS | {"DescribeKey", "Sign"})), _CONTEXTS,
+       st.booleans())
+def test_the_grants_a_store_reads_for_a_request_allow_it_as_all_of_the_keys_would(
+        held: list[tuple[str, list[str], dict[str, Any] | None]], operation: str, context: dict[str, str],
+        identity_allows: bool) -> None:
+    grants = [_grant(grantee, tuple(operations), constraints, n)
+              for n, (grantee, operations, constraints) in enumerate(held)]
+
+    async def read() -> list[Grant]:
+        with tempfile.TemporaryDirectory() as directory:
+            store = SqliteStore(Path(directory) / "keys.db", RootKey(bytes(32)))
+            for grant in grants:
+                await store.put_grant(grant)
+            try:
+                return await store.grants_allowing(ACCOUNT, REGION, "k", grantee_names(BOB), operation, context)
+            finally:
+                await store.close()
+
+    def allow(among: list[Grant]) -> bool:
+        return any(grant_allows(grant, operation, BOB, {"context": context}, identity_allows) for grant in among)
+
+    assert allow(asyncio.run(read())) == allow(grants)
 
 
 def test_a_subset_grant_is_filed_under_its_pair_with_the_longest_value() -> None:
@@ -140,3 +196,30 @@ async def test_a_revoked_or_retired_grant_among_them_allows_no_more(many: Any) -
         with pytest.raises(errors.AccessDeniedException):
             await service.execute("Encrypt", _ctx(BOB), {"KeyId": key_id, "Plaintext": b"x",
                                                         "EncryptionContext": context})
+
+
+async def test_one_of_5000_grants_that_allow_a_describe_alike_is_all_that_is_weighed(many: Any) -> None:
+    service, store, authorizer, key_id, _ = many
+    alike = [Grant(account=ACCOUNT, region=REGION, key_id=key_id, grant_id=f"{n:064x}", grantee_principal=BOB.arn,
+                   operations=("DescribeKey", "Decrypt"), issuing_account=ACCOUNT,
+                   creation_date=NOW + timedelta(microseconds=n), token=f"t{n}",
+                   constraints={"EncryptionContextEquals": {"app": "logs"}} if n % 2 else None)
+             for n in range(5_000, 10_000)]
+    # A SourceArn grant allows nothing: read with the others under its term, not as the one read
+    never = Grant(account=ACCOUNT, region=REGION, key_id=key_id, grant_id="f" * 64, grantee_principal=BOB.arn,
+                  operations=("DescribeKey",), issuing_account=ACCOUNT, creation_date=NOW, token="tf",
+                  constraints={"SourceArn": "arn:aws:s3:::bucket"})
+    for grant in (never, *alike):
+        await store.put_grant(grant)
+    await service.execute("DescribeKey", _ctx(BOB), {"KeyId": key_id})
+    assert authorizer.weighed[-1] == 2  # one of the 5,000, and the SourceArn grant: all 5,001 before
+    encrypted = await service.execute("Encrypt", _ctx(ALICE), {"KeyId": key_id, "Plaintext": b"x",
+                                                              "EncryptionContext": {"App": "logs"}})
+    await service.execute("Decrypt", _ctx(BOB), {"CiphertextBlob": encrypted["CiphertextBlob"],
+                                                "EncryptionContext": {"App": "logs"}})
+    assert authorizer.weighed[-1] == 2  # an unconstrained one, an Equals one
+    for grant in alike:  # each one revoked: the next one read allows, until none is left
+        await service.execute("DescribeKey", _ctx(BOB), {"KeyId": key_id})
+        await service.execute("RevokeGrant", _ctx(ALICE), {"KeyId": key_id, "GrantId": grant.grant_id})
+    with pytest.raises(errors.AccessDeniedException):
+        await service.execute("DescribeKey", _ctx(BOB), {"KeyId": key_id})
