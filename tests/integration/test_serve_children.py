@@ -148,6 +148,18 @@ def test_last_usage_of_a_key_made_after_tracking_began_is_tracked_from_its_creat
     assert answer["TrackingStartDate"] == answer["KeyCreationDate"] == later["CreationDate"]
 
 
+def test_a_key_used_in_the_second_it_was_made_was_used_after_its_tracking_began(server: KeytrailServer) -> None:
+    """A use is whole seconds (its record's eventTime), a creation is not: a key used in the second
+    it was made answered a last use up to a second before its TrackingStartDate."""
+    alice = server.client("alice")
+    made = alice.create_key()["KeyMetadata"]
+    alice.encrypt(KeyId=made["Arn"], Plaintext=b"x")
+    used = eventually(lambda: alice.get_key_last_usage(KeyId=made["Arn"]).get("KeyLastUsage"), what="the use tracked")
+    answer = alice.get_key_last_usage(KeyId=made["Arn"])
+    assert answer["TrackingStartDate"] <= used["Timestamp"]
+    assert answer["TrackingStartDate"] >= made["CreationDate"].replace(microsecond=0)
+
+
 def test_last_usage_on_a_node_whose_consumer_counted_nothing_yet_names_a_tracking_start(
         server: KeytrailServer) -> None:
     """Every call is in the node's audit log from the key's creation on: with nothing counted yet
