@@ -56,6 +56,8 @@ DO $$ BEGIN
         ALTER TABLE kms_grants ADD COLUMN terms_filed BOOLEAN;
     END IF;
 END $$;
+CREATE INDEX IF NOT EXISTS kms_aliases_by_name ON kms_aliases (account, region, name COLLATE "C");
+CREATE INDEX IF NOT EXISTS kms_aliases_by_key ON kms_aliases (account, region, key_id, name COLLATE "C");
 CREATE INDEX IF NOT EXISTS kms_grants_by_grantee ON kms_grants (account, region, key_id, grantee);
 CREATE INDEX IF NOT EXISTS kms_grants_unfiled ON kms_grants (account, region, key_id) WHERE terms_filed IS NULL;
 CREATE INDEX IF NOT EXISTS kms_grants_by_id ON kms_grants (grant_id);
@@ -84,7 +86,8 @@ _SCHEMA_MISSING = """SELECT EXISTS (SELECT FROM unnest($1::text[]) AS t(name) WH
                    AND attname = 'written_at' AND NOT attisdropped)
     OR to_regclass('kms_grants_by_grantee') IS NULL OR to_regclass('kms_grants_unfiled') IS NULL
     OR to_regclass('kms_grants_by_id') IS NULL OR to_regclass('kms_grant_terms_of_grant') IS NULL
-    OR to_regclass('kms_grant_terms_inexact') IS NULL"""
+    OR to_regclass('kms_grant_terms_inexact') IS NULL OR to_regclass('kms_aliases_by_name') IS NULL
+    OR to_regclass('kms_aliases_by_key') IS NULL"""
 _SCHEMA_TABLES = [*(f"kms_{table.name}" for table in POSTGRES_TABLES), "kms_root_key", "kms_ledger", "kms_grant_terms"]
 # What the store does to each of its tables. A role lacking one of them started a node that then
 # failed some calls only (a RevokeGrant without DELETE), each with a traceback in the log, while

@@ -88,6 +88,12 @@ _KEYS_PAGE = """SELECT account, region, key_id, created, doc FROM kms_keys WHERE
 # keys created in one instant (a clock that does not move) again, or skip them.
 _AFTER_KEY = """AND (created COLLATE "C", key_id COLLATE "C") > (COALESCE(
     (SELECT created FROM kms_keys WHERE account=$1 AND region=$2 AND key_id=$5), $4) COLLATE "C", $5 COLLATE "C")"""
+# A page of ListAliases (an account may hold 50,000 aliases in a Region: every one was read and
+# verified for each page), in name order as code points order them (the "C" collation, which
+# UTF-8's bytes follow): its index orders names so, whatever the database's collation. `after` is
+# the marker's name, `key` the KeyId's key: both indexes end on the name.
+_ALIASES_PAGE = """SELECT account, region, name, key_id, doc FROM kms_aliases WHERE account=$1 AND region=$2
+    {after} {key} ORDER BY name COLLATE "C" LIMIT $3"""
 # Grants verified and decoded, by row and document (which holds the MAC): a grantee's every call reads
 # all of its grants on the key, and verifying each again (≈ 25 µs) cost a call ≈ 50 ms at 2,000 grants to
 # its caller, ≈ 1.25 s at AWS's quota of 50,000 grants a key. The same text verifies the same way under
@@ -369,6 +375,27 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
             account, region,
         )
         return [alias_from_doc(self._body(ALIASES, row)) for row in rows]
+
+    async def list_aliases_page(self, account: str, region: str, after: str | None, limit: int,
+                                key_id: str | None = None) -> list[Alias]:
+        args: list[Any] = [account, region, limit]
+        where = {"after": "", "key": ""}
+        if after is not None:
+            args.append(after)
+            where["after"] = f'AND name COLLATE "C" > ${len(args)}'
+        if key_id is not None:
+            args.append(key_id)
+            where["key"] = f"AND key_id = ${len(args)}"
+        rows = await self._rows(_ALIASES_PAGE.format(**where), *args)
+        return [self._listed_alias(row, key_id) for row in rows]
+
+    def _listed_alias(self, found: Any, key_id: str | None) -> Alias:
+        """The alias of a row of a ListAliases page, once its document verifies and (a KeyId's page)
+        names the key its `key_id` column does: the column placed it in that key's page."""
+        alias = alias_from_doc(self._body(ALIASES, found))
+        if key_id is not None and alias.key_id != found["key_id"]:
+            raise refused_call(DocumentRefused(ALIASES.name, (alias.account, alias.region, alias.name)))
+        return alias
 
     # --- grants ------------------------------------------------------------------------------
 

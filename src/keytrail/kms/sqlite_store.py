@@ -166,6 +166,11 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         # its Limit, and sorting them again after each new key as much for a page after a CreateKey.
         self._key_order: dict[Scope, list[KeyPosition]] = {}
         self._aliases: dict[Scope, dict[str, Alias]] = {}
+        # Each scope's alias names in ListAliases' order, sorted at its first page, then kept in order
+        # as aliases come and go, and each key's names: a page of ListAliases sorted every alias of
+        # the account and Region, and read them all for a KeyId's few.
+        self._alias_order: dict[Scope, list[str]] = {}
+        self._aliases_of_key: dict[tuple[str, str, str], set[str]] = {}
         self._grants: dict[tuple[str, str, str], dict[str, Grant]] = {}
         # Each key's grant positions in ListGrants' order, sorted at its first listing, then kept in
         # order as grants come and go: 50,000 grants, AWS's quota, took ≈ 20 ms to sort, and sorting
@@ -277,8 +282,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         if table is KEYS:
             self._hold_key(key_from_doc(body, self._root))
         elif table is ALIASES:
-            alias = alias_from_doc(body)
-            self._aliases.setdefault((alias.account, alias.region), {})[alias.name] = alias
+            self._hold_alias(alias_from_doc(body))
         elif table is GRANTS:
             self._hold_grant(grant_from_doc(body))
         elif table is CUSTOM_KEY_STORES:
@@ -373,9 +377,8 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
                      *self._puts(changed)])
         self._remember(changed)
         self._drop_key(key.account, key.region, key.key_id)
-        aliases = self._aliases.get((key.account, key.region), {})
-        for name in [n for n, a in aliases.items() if a.key_id == key.key_id]:
-            del aliases[name]
+        for name in list(self._aliases_of_key.get(scope, ())):
+            self._drop_alias((key.account, key.region), name)
         self._grants.pop(scope, None)
         self._grant_order.pop(scope, None)
         self._grants_by_grantee.pop(scope, None)
@@ -471,7 +474,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
     async def put_alias(self, alias: Alias) -> None:
         row = (alias.account, alias.region, alias.name)
         self._write([Put(ALIASES, row, (*row, alias.key_id, self._doc(ALIASES, row, alias_to_doc(alias))))])
-        self._aliases.setdefault((alias.account, alias.region), {})[alias.name] = alias
+        self._hold_alias(alias)
         self._refused.forget(ALIASES.name, row)
 
     async def add_alias(self, alias: Alias) -> bool:
@@ -492,13 +495,49 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         if if_unchanged and self._aliases.get((alias.account, alias.region), {}).get(alias.name) != alias:
             return False
         self._write([delete_row(ALIASES, (alias.account, alias.region, alias.name))])
-        self._aliases.get((alias.account, alias.region), {}).pop(alias.name, None)
+        self._drop_alias((alias.account, alias.region), alias.name)
         self._refused.forget(ALIASES.name, (alias.account, alias.region, alias.name))
         return True
 
     async def list_aliases(self, account: str, region: str) -> list[Alias]:
         self._refused.refuse_within(ALIASES.name, (account, region))
         return sorted(self._aliases.get((account, region), {}).values(), key=lambda a: a.name)
+
+    async def list_aliases_page(self, account: str, region: str, after: str | None, limit: int,
+                                key_id: str | None = None) -> list[Alias]:
+        # As list_aliases: a refused alias is not in memory, and no page can tell whether it stood in it.
+        self._refused.refuse_within(ALIASES.name, (account, region))
+        aliases = self._aliases.get((account, region))
+        if not aliases:
+            return []
+        if key_id is not None:
+            names = sorted(self._aliases_of_key.get((account, region, key_id), ()))  # 50 at most
+        elif (order := self._alias_order.get((account, region))) is not None:
+            names = order
+        else:
+            names = self._alias_order[account, region] = sorted(aliases)
+        start = 0 if after is None else bisect.bisect_right(names, after)
+        return [aliases[name] for name in names[start : start + limit]]
+
+    def _hold_alias(self, alias: Alias) -> None:
+        """Keep `alias` in memory, in place of the one of its name (which may be another key's)."""
+        scope = (alias.account, alias.region)
+        self._drop_alias(scope, alias.name)
+        self._aliases.setdefault(scope, {})[alias.name] = alias
+        self._aliases_of_key.setdefault((*scope, alias.key_id), set()).add(alias.name)
+        if (order := self._alias_order.get(scope)) is not None:
+            bisect.insort(order, alias.name)
+
+    def _drop_alias(self, scope: Scope, name: str) -> None:
+        held = self._aliases.get(scope, {}).pop(name, None)
+        if held is None:
+            return
+        of_key = self._aliases_of_key.get((*scope, held.key_id), set())
+        of_key.discard(name)
+        if not of_key:
+            self._aliases_of_key.pop((*scope, held.key_id), None)
+        if (order := self._alias_order.get(scope)) is not None:  # it is in it: the order holds every alias held
+            del order[bisect.bisect_left(order, name)]
 
     # --- grants ------------------------------------------------------------------------------
 

@@ -109,6 +109,12 @@ class AliasStore(Protocol):
         (False, changing nothing, once another call changed or deleted it)."""
         ...
     async def list_aliases(self, account: str, region: str) -> list[Alias]: ...
+    async def list_aliases_page(self, account: str, region: str, after: str | None, limit: int,
+                                key_id: str | None = None) -> list[Alias]:
+        """Up to `limit` aliases of the account and Region in name order (by code point), after the
+        name `after` only (an alias's that may be gone), of the key `key_id` only when one is given:
+        a page of ListAliases, read without the account's other aliases."""
+        ...
 
 
 class GrantStore(Protocol):

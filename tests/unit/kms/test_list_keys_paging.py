@@ -178,8 +178,8 @@ async def test_a_made_up_marker_in_keytrails_format_is_invalid(
 
 
 @pytest.mark.parametrize("position", [',NaN', ',1e999', "", ',1.5', ',true', ',"a","b"', ',null'])
-async def test_a_made_up_marker_of_a_listing_paged_in_memory_is_invalid(tmp_path: Path, position: str) -> None:
-    # ListAliases pages a list it holds whole (`page`): its positions are one name
+async def test_a_made_up_marker_of_list_aliases_is_invalid(tmp_path: Path, position: str) -> None:
+    # ListAliases' positions are one name (tests/unit/kms/test_list_aliases_paging.py)
     store, service = allow_all_service(tmp_path)
     await store.put_alias(Alias(ACCOUNT, REGION, "alias/a", "k", START, START))
     tag = hashlib.sha256(f"ListAliases {ACCOUNT} {REGION} *".encode()).hexdigest()[:16]

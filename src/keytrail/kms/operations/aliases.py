@@ -194,19 +194,25 @@ async def _key_listed(svc: KmsService, call: Call, key_id: str) -> str:
 
 
 async def list_aliases(svc: KmsService, call: Call) -> Response:
-    from keytrail.kms.paging import page
+    """ListAliases, one page read from the store: an account may hold 50,000 aliases in a Region."""
+    from keytrail.kms.paging import marked_position, page_limit, paged
 
     context = call.context
     # An IAM-only permission on "*", even with a KeyId: the key policy plays no part. Checked
     # before the KeyId is looked up, so a caller without it cannot learn which keys exist.
     await svc.authorize(call, "kms:ListAliases", None)
-    aliases = await svc.store.list_aliases(context.account, context.region)
-    listed = "*"
-    if key_id := call.params.get("KeyId"):
-        listed = await _key_listed(svc, call, key_id)
-        aliases = [a for a in aliases if listed == key_arn(context.region, context.account, a.key_id)]
+    listed, key_id = "*", None
+    if named := call.params.get("KeyId"):
+        listed = await _key_listed(svc, call, named)
+        key_id = listed.removeprefix(key_arn(context.region, context.account, ""))
     listing = f"ListAliases {context.account} {context.region} {listed}"
-    chunk, paging = page(aliases, call.params, lambda a: (a.name,), listing, default_limit=50)  # ListAliases' default
+    limit = page_limit(call.params, 50)  # ListAliases' default
+    after = marked_position(call.params, listing, (str,))
+    aliases: list[Alias] = []
+    if key_id != listed:  # not another account's key, whose aliases are not listed
+        aliases = await svc.store.list_aliases_page(context.account, context.region,
+                                                    str(after[0]) if after else None, limit + 1, key_id)
+    chunk, paging = paged(aliases, limit, lambda a: (a.name,), listing)
     entries = [{
         "AliasName": a.name, "AliasArn": svc.alias_arn(call, a.name), "TargetKeyId": a.key_id,
         "CreationDate": a.creation_date, "LastUpdatedDate": a.last_updated_date,
