@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -363,8 +364,9 @@ class KmsService:
         aliases, and its days without use (without usage tracking on this node it is absent)."""
         reads = self._policy_reads(key, call.context)
         if RESOURCE_ALIASES in reads:
-            aliases = await self.store.list_aliases(key.account, key.region)
-            values[RESOURCE_ALIASES] = [a.name for a in aliases if a.key_id == key.key_id]
+            # The key's only: every alias of the account and Region cost each such call a read of them all
+            aliases = await self.store.list_aliases_page(key.account, key.region, None, sys.maxsize, key.key_id)
+            values[RESOURCE_ALIASES] = [a.name for a in aliases]
         if action in LAST_USAGE_ACTIONS and TRAILING_DAYS in reads and self.deps.last_usage is not None:
             values[TRAILING_DAYS] = trailing_days_without_use(key, self.now(),
                                                               *await self.deps.last_usage.last_usage(key.arn))

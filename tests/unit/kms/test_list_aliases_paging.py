@@ -1,7 +1,8 @@
 """ListAliases pages from the store (SQLite here; PostgreSQL and boto3's paginator in
 tests/integration/test_list_aliases_paging_serve.py): a page reads the aliases it answers with, not
 every alias of the account and Region, and walking its markers gives every alias once, in name
-order, with or without a KeyId, as aliases come and go between pages."""
+order, with or without a KeyId, as aliases come and go between pages. CreateAlias's quota and
+kms:ResourceAliases read the key's aliases only."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from typing import Any
 
 import pytest
 
+from keytrail.clock import ManualClock
 from keytrail.kms import errors
+from keytrail.kms.authz import AccessDecision, AccessRequest
+from keytrail.kms.condition_keys import RESOURCE_ALIASES
 from keytrail.kms.identifiers import key_arn
-from keytrail.kms.service import KmsService
+from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Alias
-from tests.support.allow_all import ACCOUNT, alice, allow_all_service
+from tests.support.allow_all import ACCOUNT, AllowAll, alice, allow_all_service
 
 REGION = "us-east-1"  # alice()'s
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -132,3 +136,38 @@ async def test_a_made_up_marker_is_invalid_even_for_an_empty_listing(tmp_path: P
     assert (await service.execute("ListAliases", alice(), {"Marker": good})) == {"Aliases": [], "Truncated": False}
     with pytest.raises(errors.InvalidMarkerException):
         await service.execute("ListAliases", alice(), {"Marker": marker})
+
+
+class _ReadingAliases(AllowAll):
+    """Allows every call, as if a policy read kms:ResourceAliases: notes the values it was given."""
+
+    def __init__(self) -> None:
+        self.aliases: list[Any] = []
+
+    def reads(self, key: Any, principal: Any) -> frozenset[str]:
+        return frozenset({RESOURCE_ALIASES})
+
+    def authorize(self, request: AccessRequest) -> AccessDecision:
+        if request.key is not None:
+            self.aliases.append(request.conditions.get(RESOURCE_ALIASES))
+        return super().authorize(request)
+
+
+async def test_a_key_s_aliases_are_counted_and_read_without_the_region_s_others(
+        listed: Listed, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, _, targets, keys = listed
+    reading = _ReadingAliases()
+    service = KmsService(ServiceDeps(store=store, clock=ManualClock(), audit=reading, authorizer=reading))
+
+    async def every_alias(account: str, region: str) -> list[Alias]:
+        raise AssertionError("a call on one key read every alias of the account and Region")
+
+    monkeypatch.setattr(store, "list_aliases", every_alias)
+    await service.execute("DescribeKey", alice(), {"KeyId": keys[1]})
+    assert reading.aliases[-1] == sorted(name for name, target in targets.items() if target == keys[1])
+    await service.execute("CreateAlias", alice(), {"AliasName": "alias/new", "TargetKeyId": keys[3]})
+    await service.execute("DescribeKey", alice(), {"KeyId": keys[3]})
+    assert reading.aliases[-1] == ["alias/new"]
+    with pytest.raises(errors.LimitExceededException) as refused:  # keys[1] holds 100: more than the quota
+        await service.execute("CreateAlias", alice(), {"AliasName": "alias/more", "TargetKeyId": keys[1]})
+    assert refused.value.message.endswith("current usage is 100.")
