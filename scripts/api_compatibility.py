@@ -299,6 +299,39 @@ CHECKED = [
         "set.`",
     ),
     (
+        "A request body that is not plainly the operation's JSON object: an empty or blank body, a member "
+        "given as `null`, a member the model does not name (`{\"KeyId\": …, \"Extra\": 1}`), a member named "
+        "twice, an integer member written `32.0` or `1e2`, a number past its member's 32 or 64 bits, "
+        "`NaN` or `Infinity`, a UTF-8 byte order mark, bytes that are not UTF-8, nesting past 1,024 levels, "
+        "text after the object",
+        "Smithy's `awsJson1_1` protocol tests, the wire contract AWS's SDKs are generated from: "
+        "\"Service implementations must support no payload or an empty object payload for operations that "
+        "define no input\" (`json_1_1_service_supports_empty_payload_for_no_input_shape`; \"AWS service "
+        "implementations support requests with no payload or requests that send `{}`\"), and a `null` "
+        "member is dropped (`AwsJson11ServersDontDeserializeNullStructureValues`). What KMS does with the "
+        "others is not documented (botocore refuses an unknown member before sending it).",
+        "Unchanged: an empty or blank body reads as `{}` and a `null` member as absent; a member the model "
+        "does not name is ignored (neither read nor logged in the audit record); of a member named twice the "
+        "last is read; `32.0` and `1e2` are the integers 32 and 100. The rest is `SerializationException` "
+        "(`The request body is not valid JSON.`, or `Expected a number at 'numberOfBytes'`, "
+        "`Number out of range of a 32-bit integer at 'limit'`), never a 500.",
+    ),
+    (
+        "Size of an `EncryptionContext`: how many pairs, how long a key or value, an empty key or value; "
+        "the same in `GrantConstraints`",
+        "The model gives `EncryptionContextType` no bounds, and the API reference and the developer guide's "
+        "\"Encryption context\" page give no size (the 8,192 characters quoted for it are Alibaba Cloud "
+        "KMS's). For grant constraints the `CreateGrant` reference: \"Each constraint value can include up "
+        "to 8 encryption context pairs. The encryption context value in each constraint cannot exceed 384 "
+        "characters.\"",
+        "Unchanged: any number of pairs, any length, empty keys and values, as far as the 256 KiB request "
+        "body (`SerializationException` beyond); a context too costly for the policies that apply is the "
+        "`AccessDeniedException` of the row on requests too costly to compare with the policies. "
+        "Constraints: at most 8 pairs, keys and values of at most 384 characters, else `ValidationException`. "
+        "Lengths here and in the model's checks are counted in Unicode code points (how AWS counts "
+        "characters beyond the BMP is not documented).",
+    ),
+    (
         "A JSON string holding an escaped lone UTF-16 surrogate (`\"\\ud800\"`, as botocore's `json.dumps` "
         "writes a Python string with one) in any member: `Description`, `AliasName`, tags, encryption "
         "context, `Policy`",
@@ -343,8 +376,10 @@ CHECKED = [
         "keytrail's choice on that ground: `InvalidMarkerException` `The marker is not valid.` A marker names "
         "its listing; it used to be taken as a position in any listing of the same shape (a `ListKeys` "
         "marker in `ListGrants`, key A's in key B's), answering a short or empty last page with `Truncated` "
-        "false. `ListKeyPolicies` (one policy; the model lists no `InvalidMarkerException` for it) reads no "
-        "marker.",
+        "false. So is a marker made up in keytrail's format whose position no page of the listing ends at "
+        "(`ListAliases`: anything but one name), even for a listing with nothing in it (`ListAliases` took one "
+        "as past the end of an empty listing while it held every alias in memory). `ListKeyPolicies` (one "
+        "policy; the model lists no `InvalidMarkerException` for it) reads no marker.",
     ),
     (
         "`DisconnectCustomKeyStore` on a `DISCONNECTING` store; `ConnectCustomKeyStore` on a `CONNECTING` one",

@@ -41,7 +41,11 @@ _BAD_VALUES: tuple[Any, ...] = (
 # The key each operation gets (else the symmetric one), so the checks behind key usage are reached.
 _KEY_FOR = {"Sign": "sign", "Verify": "sign", "GetPublicKey": "sign", "GenerateMac": "hmac", "VerifyMac": "hmac",
             "DeriveSharedSecret": "agree", "Encapsulate": "kem", "Decapsulate": "kem"}
-_BAD_BODIES = (b"", b"null", b"[]", b'"text"', b"{", b"{\"a\":" * 200 + b"1" + b"}" * 200, b"\xff\xfe")
+_BAD_BODIES = (b"", b"null", b"[]", b'"text"', b"{", b"{\"a\":" * 200 + b"1" + b"}" * 200, b"\xff\xfe",
+               # what JSON readers disagree on: a byte order mark, NaN and Infinity, a number past 64 bits,
+               # a member named twice, text after the object, nesting past orjson's 1,024 levels
+               b"\xef\xbb\xbf{}", b'{"X": NaN}', b'{"X": -Infinity}', b'{"X": 1' + b"0" * 400 + b"}",
+               b'{"X": 1, "X": 2}', b"{} {}", b'{"X": ' + b"[" * 1100 + b"]" * 1100 + b"}")
 
 
 def _model() -> Any:
