@@ -5,17 +5,20 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.integration.keystores.wrapping import import_material
 from tests.support.audit_records import ACCOUNT, KEY_ARN
 from tests.support.http import http_get
 from tests.support.server import KeytrailServer
@@ -190,6 +193,9 @@ def test_every_metric_the_alerts_read_is_exported_with_the_labels_they_read(fres
 
     kms = fresh_server.client("alice")
     blob = kms.encrypt(KeyId=kms.create_key()["KeyMetadata"]["KeyId"], Plaintext=b"alerts")["CiphertextBlob"]
+    expiring = kms.create_key(Origin="EXTERNAL")["KeyMetadata"]["KeyId"]  # its material's ValidTo has a sample
+    import_material(kms, expiring, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES",
+                    ValidTo=datetime.now(UTC) + timedelta(days=3))
     with pytest.raises(fresh_server.client("bob").exceptions.ClientError):  # a denied call
         fresh_server.client("bob").decrypt(CiphertextBlob=blob)
     assert fresh_server.post("/", {})[0] >= 400  # unsigned: refused before authentication

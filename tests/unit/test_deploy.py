@@ -677,6 +677,9 @@ def _silent(alert: str, at: str) -> dict[str, Any]:
 
 
 _BAD_SIGNATURE = ',code="InvalidSignatureException"'
+_KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+_OTHER_KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/0987dcba-09ab-87cd-65ef-0987654321ba"
+_EXPIRATION = "keytrail_kms_key_material_expiration_timestamp_seconds"
 
 
 #: (what it shows, input series, the alerts expected to fire or stay silent): one minute a sample.
@@ -807,6 +810,13 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
     ("a scanner's few handshakes an hour",
      [_series("keytrail_http_refused_connections_total", ',reason="tls_handshake_failed"', "0+0.2x30")],
      [_silent("KeytrailTlsHandshakesFailing", "30m")]),
+    # promtool's time() starts at 0: a ValidTo of 3 days is 259200, of 30 days 2592000.
+    ("imported material expiring in 3 days warns once, whichever nodes tell it; material of 30 days does not",
+     [{"series": f'{_EXPIRATION}{{job="keytrail",instance="{node}",key="{key}"}}', "values": f"{valid_to}x20"}
+      for node in ("node-1:4599", "node-2:4599") for key, valid_to in ((_KEY_ARN, 259200), (_OTHER_KEY_ARN, 2592000))],
+     [_silent("KeytrailKeyMaterialExpiring", "9m"),
+      {"eval_time": "11m", "alertname": "KeytrailKeyMaterialExpiring",
+       "exp_alerts": [{"exp_labels": {"key": _KEY_ARN, "severity": "warning"}}]}]),
     ("fsyncs of 0.5 s: every audited call waits for them",
      [_series("keytrail_audit_fsync_seconds_bucket", f',le="{le}"', "0+100x20" if le in ("1", "+Inf") else "0x20")
       for le in ("0.001", "0.1", "0.25", "1", "+Inf")],

@@ -47,7 +47,9 @@ from keytrail.detect.sinks.jsonl import read_alarms
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.errors import KmsError
 from keytrail.kms.evaluator import PolicyAuthorizer
+from keytrail.kms.importing import expiration_of
 from keytrail.kms.key_last_use import KeyUse, LastUseStore, SharedLastUsage, UseOutbox, share_uses
+from keytrail.kms.keys import Key
 from keytrail.kms.model import AuditUnavailable, CallRecord, CallsInProgress, KeyLastUsage, LastUsageSource
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Store
@@ -453,7 +455,20 @@ async def _key_inventory(node: Node) -> str:
         return ""
     states = Counter(key.state.value for key in keys)
     return render_family("keytrail_kms_keys", "gauge", "KMS keys by key state.",
-                         (({"state": state}, count) for state, count in sorted(states.items())))
+                         (({"state": state}, count) for state, count in sorted(states.items()))) + \
+        _material_expirations(keys)
+
+
+def _material_expirations(keys: list[Key]) -> str:
+    """When each key's imported material first expires (DescribeKey's ValidTo), as AWS's CloudWatch
+    metric SecondsUntilKeyMaterialExpiration tells: once it has, every cryptographic call on the key
+    fails until the material is imported again, and no other figure shows it coming. A timestamp,
+    not seconds left, as Prometheus names it: the alert subtracts time()."""
+    ends = sorted((key.arn, valid_to) for key in keys if (valid_to := expiration_of(key)[1]) is not None)
+    return render_family(
+        "keytrail_kms_key_material_expiration_timestamp_seconds", "gauge",
+        "When the key's imported key material first expires (DescribeKey's ValidTo), in Unix seconds.",
+        (({"key": arn}, valid_to.timestamp()) for arn, valid_to in ends))
 
 
 def _audit_commits(audit: AuditTrail | None) -> str:

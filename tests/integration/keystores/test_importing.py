@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -414,3 +415,31 @@ def test_deleting_material_of_a_key_pending_deletion_keeps_it_pending_deletion(k
     assert _error(excinfo) == ("KMSInvalidStateException", f"{meta['Arn']} is pending deletion.")
     kms.cancel_key_deletion(KeyId=meta["KeyId"])
     assert kms.describe_key(KeyId=meta["KeyId"])["KeyMetadata"]["KeyState"] == "PendingImport"
+
+
+def _expirations(server: KeytrailServer) -> dict[str, float]:
+    """Key ARN → its imported material's ValidTo, from GET /metrics."""
+    text = server.get("/metrics")[1].decode()
+    found = re.findall(r'^keytrail_kms_key_material_expiration_timestamp_seconds\{key="([^"]+)"\} (\S+)$', text,
+                       flags=re.M)
+    return {arn: float(value) for arn, value in found}
+
+
+def test_metrics_tell_when_imported_material_expires_until_it_has(fresh_server: KeytrailServer) -> None:
+    """AWS's SecondsUntilKeyMaterialExpiration, which KeytrailKeyMaterialExpiring alerts on: the
+    runbook's re-import with a later ValidTo moves it; expired material leaves no sample."""
+    kms = fresh_server.client("alice")
+    expiring, lasting = _external_key(kms), _external_key(kms)
+    material = os.urandom(32)
+    now = _server_now(fresh_server)
+    _import(kms, expiring, material, ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=now + timedelta(days=3))
+    _import(kms, lasting, os.urandom(32))
+    arn = kms.describe_key(KeyId=expiring)["KeyMetadata"]["Arn"]
+    assert _expirations(fresh_server) == {arn: pytest.approx((now + timedelta(days=3)).timestamp(), abs=1)}
+    _import(kms, expiring, material, ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=now + timedelta(days=30))
+    later = (now + timedelta(days=30)).timestamp()
+    assert kms.describe_key(KeyId=expiring)["KeyMetadata"]["ValidTo"].timestamp() == pytest.approx(later, abs=1)
+    assert _expirations(fresh_server) == {arn: pytest.approx(later, abs=1)}
+    fresh_server.advance(31 * 86400)
+    assert kms.describe_key(KeyId=expiring)["KeyMetadata"]["KeyState"] == "PendingImport"
+    assert _expirations(fresh_server) == {}
