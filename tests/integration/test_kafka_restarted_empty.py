@@ -148,3 +148,33 @@ def test_serve_ships_the_first_batch_after_a_broker_restarted_empty_once(tmp_pat
     end = SegmentLog(tmp_path / "data" / "audit" / "log").end_offset()
     assert ShippedOffset(offset_file).value == end
     assert sum(on_topic.values()) == end - int(found[1])  # every record from the offset named, once
+
+
+def _kafka_losses(server: KeytrailServer) -> str | None:
+    found = re.search(r"^keytrail_audit_kafka_losses_total (\S+)$", server.get("/metrics")[1].decode(), flags=re.M)
+    return found[1] if found else None
+
+
+def test_metrics_count_a_broker_that_lost_acknowledged_records(tmp_path: Path) -> None:
+    """The shipper's ERROR line was the only sign that Kafka lost audit records it had acknowledged
+    (the detector and the consumers reading Kafka never see those calls): /metrics counts each
+    loss, which KeytrailAuditKafkaLostRecords pages on, from 0 so that the first one is an increase."""
+    port = free_port()
+    first_broker = kafka_broker(port)
+    bootstrap = first_broker.__enter__()
+    server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap, "--no-detector").start()
+    try:
+        kms = server.client("alice")
+        key_id = kms.create_key()["KeyMetadata"]["KeyId"]
+        offset_file = tmp_path / "data" / "audit" / "shipped-offset"
+        eventually_blocking(lambda: offset_file.exists() and ShippedOffset(offset_file).value >= 1, what="shipped")
+        assert _kafka_losses(server) == "0"
+        first_broker.__exit__(None, None, None)  # memory storage: the records it acknowledged are gone
+        with kafka_broker(port):
+            kms.encrypt(KeyId=key_id, Plaintext=b"after the loss")
+            eventually_blocking(lambda: "lost records" in server.log.read_text(), what="the loss logged")
+            eventually_blocking(lambda: _kafka_losses(server) == "1", what="the loss counted")
+            assert server.stop() == 0
+    finally:
+        if server.proc is not None:
+            server.stop()

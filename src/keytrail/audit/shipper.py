@@ -221,10 +221,12 @@ class Shipper:
     def __init__(self, bootstrap: str, log_dir: Path, shipped: ShippedOffset, *, partitions: int,
                  durable_end: Callable[[], int], committed: asyncio.Event, replication_factor: int = 1,
                  on_shipped: Callable[[int, int], None] | None = None, topic: str = AUDIT_TOPIC,
-                 on_held: Callable[[int | None], None] = lambda offset: None) -> None:
+                 on_held: Callable[[int | None], None] = lambda offset: None,
+                 on_lost: Callable[[], None] = lambda: None) -> None:
         """`durable_end()`: the offset below which records are durable; `committed` is set when it
         moved; `on_shipped(offset, framed bytes)` after each acknowledged batch (the new shipped offset);
-        `on_held(offset)` as it is held in front of a record it cannot read, `on_held(None)` as it reads on."""
+        `on_held(offset)` as it is held in front of a record it cannot read, `on_held(None)` as it reads on;
+        `on_lost()` each time it finds the broker lost records it had acknowledged."""
         self.bootstrap = bootstrap
         self.log_dir = log_dir
         self.reader = SegmentReader(log_dir)  # one segment's index in memory, however long the log
@@ -238,6 +240,7 @@ class Shipper:
         self._next_offsets: NextOffsets = {}
         self.partitions = partitions
         self.replication_factor = replication_factor  # of the topic, if the shipper creates it
+        self._on_lost = on_lost
         self.topic = topic
         self._durable_end = durable_end
         self._committed = committed
@@ -280,6 +283,7 @@ class Shipper:
         log.error("audit shipping to %s: %s. Records this node shipped before offset %d may be gone from "
                   "Kafka; to send them again, stop serve and write the first offset to resend into %s "
                   "(consumers drop repeats by eventID)", self.bootstrap, exc, self.shipped.value, self.shipped.path)
+        self._on_lost()
 
     async def stop(self) -> None:
         """Ask `run` to finish after the batch in flight (it ships what is durable first)."""

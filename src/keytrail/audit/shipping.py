@@ -14,7 +14,8 @@ which every record is on disk) at the child's start and then as it moves, at mos
 TELL_SECONDS; the shipper ships records up to it and writes back `<shipped offset> <framed bytes>`
 after each batch the broker acknowledged (the offset file is written by then, unless a full disk
 refused it: the shipper retries the write, shipper.py `_OffsetWriter`), and `held <offset>`
-when it is held in front of a record of the log it cannot read (`held -` once it reads on). At the end of its
+when it is held in front of a record of the log it cannot read (`held -` once it reads on), and
+`lost 1` each time it finds the broker lost records it had acknowledged. At the end of its
 stdin (serve stopping it, or gone, even by SIGKILL), or on SIGTERM from anyone else, it ships what
 it was told is durable, while the broker takes it, for STOP_SECONDS at most, and exits; serve kills
 it after its close's shipping timeout.
@@ -61,6 +62,7 @@ class ShipperProcess:
         self.shipped = shipped
         self.shipped_bytes = 0
         self.held_at: int | None = None  # the offset the shipper is held at (`held` lines), for /metrics
+        self.losses = 0  # times the shipper found the broker lost records it had acknowledged (`lost` lines)
         self._durable_end = durable_end
         self._timer: asyncio.TimerHandle | None = None
         argv = (sys.executable, "-m", __name__, str(log_dir), str(shipped.path), bootstrap, topic, str(partitions),
@@ -110,11 +112,14 @@ class ShipperProcess:
         self.held_at = None  # the next shipper watches anew: it would not say that it reads on
 
     def _heard(self, line: bytes) -> None:
-        """A batch acknowledged: `<shipped offset> <framed bytes>`; or `held <offset>`, `held -`."""
+        """A batch acknowledged: `<shipped offset> <framed bytes>`; or `held <offset>`, `held -`; or `lost 1`."""
         try:
             first, second = line.split()
             if first == b"held":
                 self.held_at = None if second == b"-" else int(second)
+                return
+            if first == b"lost":
+                self.losses += 1
                 return
             offset, size = int(first), int(second)
         except ValueError:
@@ -140,7 +145,7 @@ async def _ship(log_dir: Path, shipped: ShippedOffset, bootstrap: str, topic: st
 
     shipper = Shipper(bootstrap, log_dir, shipped, partitions=partitions, durable_end=lambda: durable_end,
                       committed=told, on_shipped=_report, topic=topic, replication_factor=replication_factor,
-                      on_held=_report_held)
+                      on_held=_report_held, on_lost=_report_lost)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
     listening = asyncio.create_task(_listen(hear, stopping))
@@ -180,6 +185,11 @@ def _report(offset: int, size: int) -> None:
 def _report_held(offset: int | None) -> None:
     with contextlib.suppress(OSError):
         os.write(sys.stdout.fileno(), held_line(offset))
+
+
+def _report_lost() -> None:
+    with contextlib.suppress(OSError):
+        os.write(sys.stdout.fileno(), b"lost 1\n")
 
 
 def held_line(offset: int | None) -> bytes:

@@ -192,6 +192,11 @@ class AuditTrail:
         is held at in front of a record it cannot read, or None, for /metrics."""
         return {"audit shipper": self._shipper.held_at} if self._shipper is not None else {}
 
+    def kafka_losses(self) -> int | None:
+        """Times the shipper found the broker lost audit records it had acknowledged, since this
+        start; None without Kafka. For /metrics: the log's ERROR line is the only other sign."""
+        return self._shipper.losses if self._shipper is not None else None
+
     @property
     def shipper_pid(self) -> int | None:
         """The shipper process's id, while there is one (benchmarks count its CPU)."""

@@ -512,7 +512,20 @@ def _audit_unshipped(audit: AuditTrail | None) -> str:
         [({}, audit.unshipped_bytes())],
     ) + render_family(
         "keytrail_audit_unshipped_bytes_limit", "gauge",
-        "--max-unshipped-bytes: past it every KMS call is refused until shipping catches up.", cap)
+        "--max-unshipped-bytes: past it every KMS call is refused until shipping catches up.", cap,
+    ) + _kafka_losses(audit)
+
+
+def _kafka_losses(audit: AuditTrail) -> str:
+    """Each time the broker was found to have lost audit records it had acknowledged (restarted
+    empty, the topic deleted): the consumers and the detector reading Kafka never see those calls,
+    and the shipper does not send them again by itself (docs/audit-events.md, Kafka). With Kafka
+    only, from 0 at the start, so that increase() counts the first."""
+    losses = audit.kafka_losses()
+    return render_family(
+        "keytrail_audit_kafka_losses_total", "counter",
+        "Times the Kafka broker was found to have lost audit records it had acknowledged.",
+        [] if losses is None else [({}, losses)])
 
 
 def record_dev_clock(data_dir: Path, now: datetime) -> None:
