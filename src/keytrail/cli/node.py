@@ -47,8 +47,16 @@ from keytrail.detect.sinks.jsonl import read_alarms
 from keytrail.kms.authz import Authorizer
 from keytrail.kms.errors import KmsError
 from keytrail.kms.evaluator import PolicyAuthorizer
+from keytrail.kms.hsm_cipher import HsmCipher
 from keytrail.kms.importing import expiration_of
-from keytrail.kms.key_last_use import KeyUse, LastUseStore, SharedLastUsage, UseOutbox, share_uses
+from keytrail.kms.key_last_use import (
+    KeyUse,
+    LastUseStore,
+    SharedLastUsage,
+    UseOutbox,
+    share_last_uses,
+    share_uses,
+)
 from keytrail.kms.keys import Key
 from keytrail.kms.model import AuditUnavailable, CallRecord, CallsInProgress, KeyLastUsage, LastUsageSource
 from keytrail.kms.service import KmsService, ServiceDeps
@@ -850,8 +858,8 @@ def _stop_stages(node: Node) -> list[list[_Part]]:
     if node.audit is not None:
         readers.append(("audit trail's last records and shipping", node.audit.finish))
     if node.uses is not None and isinstance(node.service.store, LastUseStore):
-        readers.append(("the keys' last uses for the other nodes", functools.partial(node.uses.flush,
-                                                                                      node.service.store)))
+        readers.append(("the keys' last uses for the other nodes",
+                        functools.partial(share_last_uses, node.uses, node.service.store)))
     stages: list[list[_Part]] = [[("background tasks", lambda: _cancel(node.background))], readers]
     if node.audit is not None:
         stages.append([("audit trail", node.audit.close)])

@@ -22,7 +22,10 @@ from keytrail.kms.errors import KmsError
 from keytrail.kms.key_use import CRYPTO_OPERATIONS
 from keytrail.kms.model import CallRecord, KeyLastUsage, LastUsageSource
 
-__all__ = ["SHARE_EVERY_SECONDS", "KeyUse", "LastUseStore", "SharedLastUsage", "UseOutbox", "share_uses", "uses_in"]
+__all__ = [
+    "SHARE_EVERY_SECONDS", "KeyUse", "LastUseStore", "SharedLastUsage", "UseOutbox", "share_last_uses", "share_uses",
+    "uses_in",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +143,18 @@ async def share_uses(outbox: UseOutbox, store: LastUseStore, every: float = SHAR
         if failing is not None:
             log.warning("the last uses of keys are shared with the other nodes again")
             failing = None
+
+
+async def share_last_uses(outbox: UseOutbox, store: LastUseStore) -> None:
+    """The stop's last flush of `outbox`. A store that refuses it (its database away) is said, not
+    failed: the uses are in this node's audit log, and its next start shares what its consumer
+    counted (cli/node.py); a stop that failed for it exited 1 though nothing was lost."""
+    try:
+        await outbox.flush(store)
+    except Exception as exc:
+        reason = exc.message if isinstance(exc, KmsError) else f"{type(exc).__name__}: {exc}"
+        log.warning("the last uses of keys since the last second were not shared with the other nodes: %s (the "
+                    "next start shares them)", reason)
 
 
 class SharedLastUsage:
