@@ -5,7 +5,6 @@ Each node's consumer counts only its own calls; the nodes share each key's last 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -13,12 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from botocore.exceptions import ClientError
 
 from keytrail.kms.sealing import ROOT_KEY_ENV
-from tests.support.postgres import ADMIN_DSN
+from tests.support.postgres import database_url, scratch_database
 from tests.support.server import ACCOUNT, KeytrailServer
 from tests.support.waits import eventually_blocking
 
@@ -32,26 +30,12 @@ GUARDED = json.dumps({"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"AWS": ROOT}, "Action": "kms:*", "Resource": "*"}, GUARD]})
 
 
-async def _admin(statement: str) -> None:
-    connection = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
 
 @pytest.fixture
 def store_url() -> Iterator[str]:
     """A database of the test's own on the real server at 127.0.0.1:5432, dropped afterwards."""
-    name = f"keytrail_test_{os.urandom(6).hex()}"
-    try:
-        asyncio.run(_admin(f"CREATE DATABASE {name}"))
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    with scratch_database() as name:
+        yield database_url(name)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey
 from keytrail.kms.store_ledger import Ledger
 from tests.integration.test_last_use_nodes import GUARDED, _code, _last_use
-from tests.support.postgres import ADMIN_DSN, fetch_value
+from tests.support.postgres import database_url, fetch_value, scratch_database
 from tests.support.server import KeytrailServer
 from tests.support.waits import eventually_blocking
 
@@ -27,23 +27,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def store_url() -> Iterator[str]:
     """A database of the test's own on the real server at 127.0.0.1:5432, dropped afterwards."""
-    name = f"keytrail_test_{os.urandom(6).hex()}"
-    try:
-        asyncio.run(_admin(f"CREATE DATABASE {name}"))
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    with scratch_database() as name:
+        yield database_url(name)
 
-
-async def _admin(statement: str) -> None:
-    connection = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 async def _as_before_the_table(dsn: str, root: RootKey) -> None:

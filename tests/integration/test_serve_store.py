@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -18,57 +17,36 @@ import asyncpg
 import pytest
 
 from tests.support.errors import aws_error
+from tests.support.postgres import ADMIN_DSN, admin, database_url, fetch, scratch_database
 from tests.support.server import KeytrailServer
 from tests.support.services import TcpRelay
 
 pytestmark = pytest.mark.integration
 
-ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
-async def _admin(statement: str) -> None:
-    connection = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
-
 
 @pytest.fixture
 def database() -> Iterator[str]:
     """A database of the test's own on the real server at 127.0.0.1:5432, dropped afterwards."""
-    name = f"keytrail_test_{os.urandom(6).hex()}"
-    try:
-        asyncio.run(_admin(f"CREATE DATABASE {name}"))
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    try:
+    with scratch_database() as name:
         yield name
-    finally:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))  # a test may drop it first
 
 
 def _serve_on(tmp_path: Path, database: str, port: int) -> KeytrailServer:
     """`serve` on the PostgreSQL `database` reached at 127.0.0.1:`port` (a TcpRelay's, to cut it)."""
-    return KeytrailServer(tmp_path / "data", "--store", f"postgresql://postgres@127.0.0.1:{port}/{database}",
+    return KeytrailServer(tmp_path / "data", "--store", database_url(database, port),
                           dev_clock=False).start()
-
 
 
 async def _session_names(database: str) -> set[str]:
     """The application_name of every session on `database` (pg_stat_activity)."""
-    connection = await asyncpg.connect(ADMIN_DSN, timeout=5)
-    try:
-        rows = await connection.fetch("SELECT application_name FROM pg_stat_activity WHERE datname = $1", database)
-    finally:
-        await connection.close()
+    rows = await fetch(ADMIN_DSN, "SELECT application_name FROM pg_stat_activity WHERE datname = $1", database)
     return {row[0] for row in rows}
 
 
 def test_a_node_s_key_store_sessions_say_which_node_holds_them(tmp_path: Path, database: str) -> None:
     # pg_stat_activity showed an empty application_name: a DBA could not tell keytrail's sessions
     # from others', nor which node held them. A name the store's URL gives is kept.
-    url = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    url = database_url(database)
     for query, name in (("", "keytrail serve 127.0.0.1:{port}"), ("?application_name=billing-kms", "billing-kms")):
         server = KeytrailServer(tmp_path / "data", "--store", url + query, dev_clock=False).start()
         try:
@@ -163,7 +141,7 @@ def test_health_is_unhealthy_once_the_database_is_dropped(tmp_path: Path, databa
     server = _serve_on(tmp_path, database, 5432)
     try:
         server.client("alice").create_key()
-        asyncio.run(_admin(f"DROP DATABASE {database} WITH (FORCE)"))  # terminates the node's connections
+        asyncio.run(admin(f"DROP DATABASE {database} WITH (FORCE)"))  # terminates the node's connections
         health = _health_until(server, 503)
         assert database in health["keyStore"] and "does not exist" in health["keyStore"], health
     finally:
@@ -198,7 +176,7 @@ def test_a_store_url_in_the_environment_keeps_its_password_off_the_command_line(
     finally:
         assert server.stop() == 0
     assert not (tmp_path / "data" / "keys.db").exists()
-    dsn = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    dsn = database_url(database)
 
     async def stored() -> list[str]:
         connection = await asyncpg.connect(dsn, timeout=5)
@@ -218,7 +196,7 @@ def test_a_revoked_grant_put_back_in_the_database_stops_serve_starting_in_one_li
     key = kms.create_key()["KeyMetadata"]["KeyId"]
     grant = kms.create_grant(KeyId=key, GranteePrincipal="arn:aws:iam::111122223333:user/bob",
                              Operations=["Decrypt"])["GrantId"]
-    dsn = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    dsn = database_url(database)
     revoked = asyncio.run(_fetch(dsn, "SELECT * FROM kms_grants WHERE grant_id=$1", grant))[0]
     kms.revoke_grant(KeyId=key, GrantId=grant)
     assert server.stop() == 0
@@ -248,7 +226,7 @@ def test_a_node_refused_by_a_store_sealed_under_another_root_key_leaves_no_root_
     first = _serve_on(tmp_path, database, 5432)
     first.client("alice").create_key()
     assert first.stop() == 0
-    second = KeytrailServer(tmp_path / "second", "--store", f"postgresql://postgres@127.0.0.1:5432/{database}",
+    second = KeytrailServer(tmp_path / "second", "--store", database_url(database),
                             dev_clock=False)
     with pytest.raises(RuntimeError, match="keytrail serve exited"):
         second.start()
@@ -263,7 +241,7 @@ def test_a_node_refused_by_an_empty_store_whose_ledger_it_cannot_verify_says_so_
     """An empty store whose root key check is gone: nothing but its ledger row to try the root key
     on, so the refusal says the ledger does not verify (not that the key is wrong), and the key
     made to try it goes as for a store sealed under another root key."""
-    dsn = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    dsn = database_url(database)
     assert _serve_on(tmp_path, database, 5432).stop() == 0
     asyncio.run(_fetch(dsn, "DELETE FROM kms_root_key"))
     second = KeytrailServer(tmp_path / "second", "--store", dsn, dev_clock=False)
@@ -299,7 +277,7 @@ def test_a_failed_start_on_a_new_postgresql_store_keeps_only_the_root_key_it_is_
         tmp_path: Path, database: str) -> None:
     # The rest of what the start made goes, but that key stays: the store holds its root key check
     # now, and a new key made by the retry would not open it.
-    data, url = tmp_path / "data", f"postgresql://postgres@127.0.0.1:5432/{database}"
+    data, url = tmp_path / "data", database_url(database)
     out = _serve_patched(_START_FAILS, data, url)
     assert (out.returncode, out.stdout) == (2, ""), out.stderr
     assert out.stderr == (
@@ -331,7 +309,7 @@ main()
 def test_a_first_start_whose_database_fails_the_first_read_says_so_in_one_line_and_the_next_start_serves(
         tmp_path: Path, database: str) -> None:
     # The store's KMSInternalException went through as a traceback, exit 1.
-    data, url = tmp_path / "data", f"postgresql://postgres@127.0.0.1:5432/{database}"
+    data, url = tmp_path / "data", database_url(database)
     out = _serve_patched(_FIRST_READ_FAILS, data, url)
     assert (out.returncode, out.stdout) == (2, ""), out.stderr
     assert "Traceback" not in out.stderr

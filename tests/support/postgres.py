@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Self
 
 import asyncpg
 import pytest
 
-__all__ = ["ADMIN_DSN", "PostgresProxy", "fetch", "fetch_value", "fresh_database"]
+__all__ = ["ADMIN_DSN", "PostgresProxy", "admin", "database_url", "fetch", "fetch_value", "fresh_database",
+           "scratch_database"]
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -32,6 +33,35 @@ async def fresh_database() -> AsyncIterator[str]:
     finally:
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
         await admin.close()
+
+
+async def admin(statement: str) -> None:
+    """One statement as the server's superuser, on a connection of its own (CREATE/DROP DATABASE)."""
+    connection = await asyncpg.connect(ADMIN_DSN, timeout=5)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.contextmanager
+def scratch_database() -> Iterator[str]:
+    """`fresh_database` for what is no coroutine (a fixture of `serve` processes): the database's
+    name; dropped on exit, if a test has not dropped it first."""
+    name = f"keytrail_test_{os.urandom(6).hex()}"
+    try:
+        asyncio.run(admin(f"CREATE DATABASE {name}"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
+    try:
+        yield name
+    finally:
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def database_url(name: str, port: int = 5432) -> str:
+    """The --store URL of database `name` on the server (or a relay before it on `port`)."""
+    return f"postgresql://postgres@127.0.0.1:{port}/{name}"
 
 
 async def fetch(dsn: str, statement: str, *args: Any) -> list[Any]:
