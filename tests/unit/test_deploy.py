@@ -814,6 +814,17 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
     ("a scanner's few handshakes an hour",
      [_series("keytrail_http_refused_connections_total", ',reason="tls_handshake_failed"', "0+0.2x30")],
      [_silent("KeytrailTlsHandshakesFailing", "30m")]),
+    ("a CONNECTED store's token removed at 5m: its calls fail from then on, the series born with the first",
+     [_series("keytrail_custom_key_store_failed_calls_total", ',store="cks-1234567890abcdef0"', "_x5 1+4x20"),
+      _series("up", "", "1x25"), _series("process_start_time_seconds", "", "0x25")],
+     [_silent("KeytrailCustomKeyStoreFailing", "4m"),
+      _fires("KeytrailCustomKeyStoreFailing", "5m", {"store": "cks-1234567890abcdef0"}),
+      _fires("KeytrailCustomKeyStoreFailing", "20m", {"store": "cks-1234567890abcdef0"})]),
+    ("one failure after an HSM restart, then none: fires for 10 minutes; a Prometheus gap after is no new failure",
+     [_series("keytrail_custom_key_store_failed_calls_total", ',store="cks-1234567890abcdef0"', "_x5 1x25 _x20 1x20"),
+      _series("up", "", "1x30 _x20 1x20"), _series("process_start_time_seconds", "", "0x30 _x20 0x20")],
+     [_fires("KeytrailCustomKeyStoreFailing", "10m", {"store": "cks-1234567890abcdef0"}),
+      _silent("KeytrailCustomKeyStoreFailing", "20m"), _silent("KeytrailCustomKeyStoreFailing", "55m")]),
     # promtool's time() starts at 0: a ValidTo of 3 days is 259200, of 30 days 2592000.
     ("imported material expiring in 3 days warns once, whichever nodes tell it; material of 30 days does not",
      [{"series": f'{_EXPIRATION}{{job="keytrail",instance="{node}",key="{key}"}}', "values": f"{valid_to}x20"}

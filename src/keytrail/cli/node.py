@@ -415,7 +415,20 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], Awaitable[str]]) -
          *([({"child": "audit fsync helper"}, node.audit.spool.helper_restarts)] if node.audit is not None else [])])
     return (pipeline + keys + alarms + denied + refused + connections + requests + restarts + health
             + _readers_held(node) + _audit_commits(node.audit) + _audit_unshipped(node.audit) + _audit_refused(node)
-            + _process_start(node))
+            + _hsm_failed_calls(node) + _process_start(node))
+
+
+def _hsm_failed_calls(node: Node) -> str:
+    """Per custom key store, the calls its HSM could not serve while it was CONNECTED (the token gone,
+    its PIN changed, a PKCS#11 call failed or unanswered): DescribeCustomKeyStores still says
+    CONNECTED, the callers get KMSInvalidStateException as for a disabled key, and the log says
+    each cause once. From zero at each start; a store's series is born at its first failure."""
+    cipher = node.service.ciphers.get("hsm")
+    failed = cipher.connections.failed_calls if isinstance(cipher, HsmCipher) else {}
+    return render_family(
+        "keytrail_custom_key_store_failed_calls_total", "counter",
+        "Calls on a CONNECTED custom key store that its HSM could not serve, by store.",
+        (({"store": store}, n) for store, n in sorted(failed.items())))
 
 
 def _process_start(node: Node) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -51,6 +52,10 @@ class HsmConnections:
         self._refused = RefusedLogins()
         self._failed_logins: dict[str, str] = {}  # per store: the code of the failed login last logged
         self.shared = SharedTokens()  # the stores found sharing a token, said once in the log
+        # Per store: the calls its HSM could not serve while the store was CONNECTED (a login the token
+        # refused, the token gone, a failed or unanswered PKCS#11 call, a backing key gone), for
+        # /metrics. DescribeCustomKeyStores still says CONNECTED, and each cause is logged only once.
+        self.failed_calls: Counter[str] = Counter()
 
     async def connect(self, store: CustomKeyStore) -> None:
         """Log in to the store's token (again, even with a password it refused); HsmError says why
@@ -186,6 +191,7 @@ class HsmConnections:
         try:
             return await self.session(store, seen)
         except HsmError:
+            self.failed_calls[store.store_id] += 1
             raise unusable from None
 
     async def call(self, work: Callable[[], _T]) -> _T:
@@ -202,8 +208,18 @@ class HsmConnections:
         call (kms/hsm_failures.py says when the session is dropped), does not answer it in time, or
         still holds the thread with a call it did not answer."""
         session = await self.session_or(store, unusable, seen)
+        try:
+            return await self._on_thread(store, session, work)
+        except _HsmFailed:
+            self.failed_calls[_store_id(store)] += 1
+            raise unusable from None
+
+    async def _on_thread(self, store: CustomKeyStore | None, session: TokenSession,
+                         work: Callable[[TokenSession], _T]) -> _T:
+        """`run`'s work on the PKCS#11 thread; _HsmFailed when the HSM could not serve it (what `work`
+        itself raises goes through)."""
         if self._thread.stuck:  # said once, by the call that was given up on
-            raise unusable
+            raise _HsmFailed
         try:
             return await self._thread.call(lambda: work(session))
         except TimeoutError:
@@ -211,16 +227,20 @@ class HsmConnections:
             await self.drop(session)
             log.warning("custom key store %s: the HSM did not answer in %g s; its session is dropped",
                         _store_id(store), self._thread.timeout)
-            raise unusable from None
+            raise _HsmFailed from None
         except p11.NoSuchKey:  # the token no longer holds the key: the session is as good as before
-            raise unusable from None
+            raise _HsmFailed from None
         except p11.PKCS11Error as exc:
             kept = refused(exc)
             if not kept:
                 await self.drop(session)
             log.warning("custom key store %s: the HSM failed a call (%s)%s", _store_id(store), error_name(exc),
                         "" if kept else "; its session is dropped, the next call logs in again")
-            raise unusable from None
+            raise _HsmFailed from None
+
+
+class _HsmFailed(Exception):
+    """The HSM could not serve a call: `run` answers the store's own AWS error for it."""
 
 
 def _meaning(error: HsmError) -> str:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -606,5 +607,41 @@ def test_a_store_with_keys_moves_only_to_a_copy_of_its_token(
         keyless = _store(kms, trust_anchor, unrelated)
         kms.update_custom_key_store(CustomKeyStoreId=keyless, CloudHsmClusterId=original)
         assert _state(kms, keyless)["CloudHsmClusterId"] == original
+    finally:
+        server.stop()
+
+
+def _hsm_failed_calls(server: KeytrailServer) -> dict[str, int]:
+    """Store id → calls its HSM could not serve, from GET /metrics."""
+    found = re.findall(r'^keytrail_custom_key_store_failed_calls_total\{store="([^"]+)"\} (\d+)$',
+                       server.get("/metrics")[1].decode(), flags=re.M)
+    return {store: int(n) for store, n in found}
+
+
+def test_metrics_count_the_calls_a_connected_store_s_removed_token_could_not_serve(
+    hsm: SoftHsm, trust_anchor: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store stays CONNECTED and its calls answer KMSInvalidStateException, as a disabled key's
+    do; the log says it once: /metrics counts them per store, for KeytrailCustomKeyStoreFailing."""
+    import subprocess
+
+    cluster = "cluster-keytrailmetr"
+    token = softhsm_token(tmp_path / "softhsm", cluster, PIN, hsm.module)
+    monkeypatch.setenv("SOFTHSM2_CONF", str(token.conf))  # for the server; this process never reads it
+    server = KeytrailServer(tmp_path / "data").start()
+    try:
+        kms = server.client("alice")
+        store_id = _connected_store(kms, trust_anchor, cluster)
+        key_id = _hsm_key(kms, store_id)["KeyId"]
+        kms.encrypt(KeyId=key_id, Plaintext=b"served")
+        assert _hsm_failed_calls(server) == {}
+        subprocess.run(["softhsm2-util", "--delete-token", "--token", cluster],
+                       check=True, capture_output=True, env={**os.environ, **token.env})
+        for _ in range(3):
+            with pytest.raises(ClientError) as excinfo:
+                kms.encrypt(KeyId=key_id, Plaintext=b"x")
+            assert _error(excinfo) == "KMSInvalidStateException"
+        assert _state(kms, store_id)["ConnectionState"] == "CONNECTED"
+        assert _hsm_failed_calls(server) == {store_id: 3}
     finally:
         server.stop()
