@@ -443,6 +443,48 @@ def test_records_a_start_cut_with_a_damaged_record_before_them_are_named_by_veri
             "(answered calls), are out of the log, kept in this file") in verified.stdout, verified.stdout
 
 
+@pytest.mark.parametrize(("record", "flipped", "whole"), [
+    (10, 1 << 16, "11 whole records"),  # a length past the segment's end: record 10, whole, and 10 after it
+    (10, 1 << 30, "11 whole records"),  # a length no record has (over 64 MiB)
+    (20, 1 << 16, "1 whole record"),  # the last record: its payload whole up to the segment's end
+], ids=["a length past the end", "an impossible length", "the last record's length"])
+def test_a_record_whose_length_a_flipped_bit_makes_claim_the_rest_is_no_torn_write(
+        tmp_path: Path, record: int, flipped: int, whole: str) -> None:
+    """A bit flipped in a frame's length after a crash, so that it claims every byte to the end (or
+    more): the bytes looked like one unfinished write, so the start cut the answered records there
+    with a warning that a crash tore a write, and verify said nothing of them. The whole records
+    behind the length (or the frame's own payload, whole) tell damage from a torn write: cut as
+    damage, said in an error, and named by verify."""
+    data = tmp_path / "data"
+    server = KeytrailServer(data).start()
+    alice = server.client("alice")
+    key = alice.create_key()["KeyMetadata"]["KeyId"]
+    answered = [alice.encrypt(KeyId=key, Plaintext=b"x")["ResponseMetadata"]["RequestId"] for _ in range(20)]
+    server.kill()
+    [segment] = event_log_dir(data).glob("*.seg")
+    damaged = bytearray(segment.read_bytes())
+    position = 0
+    for _ in range(record):  # past records 0..record - 1: the frame of `record`
+        position += 8 + int.from_bytes(damaged[position:position + 4], "little")
+    length = int.from_bytes(damaged[position:position + 4], "little") ^ flipped
+    damaged[position:position + 4] = length.to_bytes(4, "little")
+    assert position + 8 + length > len(damaged)  # it claims the rest of the segment, and more
+    segment.write_bytes(bytes(damaged))
+    said_before = len(server.log.read_text())
+    server.start()
+    assert server.stop() == 0
+    said = server.log.read_text()[said_before:]
+    assert f"the record at offset {record} is damaged, and whole records follow the damage: cut" in said, said
+    assert "a write torn by a crash" not in said, said
+    assert set(answered[record - 1:]).isdisjoint(_events(data))  # out of the log, kept aside
+    [kept] = event_log_dir(data).glob("*.cut-at-*")
+    verified = _verify_cli(data)
+    assert verified.returncode == 1, verified.stdout
+    assert (f"{kept.name}: the record at offset {record} of {segment.name} was damaged, and keytrail serve cut the "
+            f"log there when it opened it: the {len(damaged) - position} bytes from it on, {whole} among them "
+            "(answered calls), are out of the log, kept in this file") in verified.stdout, verified.stdout
+
+
 @pytest.mark.parametrize("damaged", ["a middle record", "the last record"])
 def test_a_start_over_a_damaged_record_the_digests_sign_is_refused_before_it_cuts_anything(
         tmp_path: Path, damaged: str) -> None:

@@ -7,14 +7,15 @@ a batch on as `Payloads`: one bytes object, still framed, rather than one object
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, MutableSequence, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
 from itertools import repeat
 from typing import overload
 
-__all__ = ["FRAME", "FRAME_HEADER", "MAX_RECORD", "Payloads", "frame_bytes", "framed_size", "one_unfinished_write",
-           "payloads_at", "possible_length", "split", "verified_prefix"]
+__all__ = ["FRAME", "FRAME_HEADER", "MAX_RECORD", "Payloads", "frame_bytes", "framed_size", "hidden_records",
+           "one_unfinished_write", "payloads_at", "possible_length", "split", "verified_prefix"]
 
 FRAME = struct.Struct("<II")
 #: Bytes before each payload on disk: its length and CRC32 (`Payloads.framed` keeps them).
@@ -123,11 +124,67 @@ def frame_bytes(data: bytes) -> int:
     return FRAME.size + length if possible_length(length) else 0
 
 
-def one_unfinished_write(head: bytes, size: int) -> bool:
+def one_unfinished_write(head: bytes, size: int, read_claimed: Callable[[], bytes]) -> bool:
     """Whether the `size` bytes after a segment's last whole record, beginning with `head` (their
     first FRAME_HEADER bytes, or all of them when fewer), are what a crash leaves of a write it
     interrupted: one frame cut short or failing its checksum and nothing after it, or a header of
     zeros first (the writer writes a batch's first header last, and a crash may keep a file's new
-    length but not its data). Otherwise they are damage with more after it."""
+    length but not its data). Otherwise they are damage with more after it. A damaged length may
+    claim every byte too: `read_claimed` reads them (at most FRAME_HEADER + MAX_RECORD of them),
+    called only then, and they are damage when whole records hide behind it (`hidden_records`)."""
     header = head[:FRAME.size]
-    return len(header) < FRAME.size or not header.strip(b"\0") or FRAME.size + FRAME.unpack(header)[0] >= size
+    if len(header) < FRAME.size or not header.strip(b"\0"):
+        return True
+    return FRAME.size + FRAME.unpack(header)[0] >= size and not hidden_records(read_claimed())
+
+
+def hidden_records(tail: bytes) -> int:
+    """The whole records in `tail`, bytes whose first frame's length claims them all (or more),
+    hidden behind that length. A crash's torn write hides none: the bytes are the start of its
+    first frame, the rest zeros or missing. A damaged length hides those from where the frame
+    really ended: the frame itself when its payload is whole up to there, and the intact frames
+    after it (see `_real_end`)."""
+    found = _real_end(tail)
+    if found is None:
+        return 0
+    end, whole = found
+    return whole + sum(intact for _, intact in split(tail[end:]))
+
+
+# A frame header with a possible length (1..MAX_RECORD, little-endian), in a lookahead so that
+# overlapping ones are found too: the regular expression engine skips the bytes that are none, not
+# a Python step per byte (the bytes a damaged length claims may be up to 64 MiB).
+_POSSIBLE_HEADER = re.compile(rb"(?=(?:[^\x00]..|.[^\x00].|..[^\x00])[\x00-\x03]|\x00\x00\x00[\x01-\x04])", re.DOTALL)
+_CHECKSUMMED_AT_MOST = 4 * (FRAME.size + MAX_RECORD)  # ~0.2 s of CRC32 over candidate frames
+
+
+def _real_end(tail: bytes) -> tuple[int, bool] | None:
+    """Where the first frame of `tail`, its length claiming all of it, ends as whole records show:
+    (position, True) where its payload's checksum matches (its length alone was damaged: at a frame
+    header or at the end of `tail`), (position, False) where an intact frame begins (its checksum
+    damaged too); None when nothing shows it. Its payload is checksummed as the search goes, once
+    over; candidate frames (after its header and a byte of payload: no record is empty) up to
+    _CHECKSUMMED_AT_MOST bytes in all, the longer ones skipped past that: in a record's bytes many
+    headers look possible, of lengths up to 64 MiB, where the real next one is a record's length."""
+    view, crc = memoryview(tail), FRAME.unpack_from(tail)[1]
+    summed, running, budget = FRAME.size, 0, _CHECKSUMMED_AT_MOST
+    # No header begins in zeros, what a torn write's bytes may end in (a crash kept a file's length
+    # only): a possible length has a byte other than 0 among its four, which the lookahead reads.
+    searched = min(len(tail), len(tail.rstrip(b"\0")) + 3)
+    for found in _POSSIBLE_HEADER.finditer(tail, FRAME.size + 1, searched):
+        position = found.start()
+        if position + FRAME.size > len(tail):
+            break
+        running = zlib.crc32(view[summed:position], running)
+        summed = position
+        if running == crc:
+            return position, True
+        length, claimed = FRAME.unpack_from(tail, position)
+        end = position + FRAME.size + length
+        if end <= len(tail) and length <= budget:
+            budget -= length
+            if zlib.crc32(view[position + FRAME.size:end]) == claimed:
+                return position, False
+    if len(tail) > FRAME.size and zlib.crc32(view[summed:], running) == crc:
+        return len(tail), True
+    return None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keytrail.owner_only import open_regular
-from keytrail.transport.frames import FRAME, one_unfinished_write, split
+from keytrail.transport.frames import hidden_records, one_unfinished_write, split
 
 __all__ = ["RecordsCut", "records_cut"]
 
@@ -31,11 +31,11 @@ class RecordsCut:
 
     def text(self) -> str:
         """The problem `verify` names."""
+        records = f"{self.records} whole record{'s' if self.records != 1 else ''}"
         return (f"{self.kept.name}: the record at offset {self.offset} of {self.segment} was damaged, and keytrail "
-                f"serve cut the log there when it opened it: the {self.size} bytes from it on, {self.records} whole "
-                "records among them (answered calls), are out of the log, kept in this file; readers, Kafka and "
-                f"the digests signed since miss them. Move the file out of {self.kept.parent} once they are "
-                "accounted for")
+                f"serve cut the log there when it opened it: the {self.size} bytes from it on, {records} among them "
+                "(answered calls), are out of the log, kept in this file; readers, Kafka and the digests signed "
+                f"since miss them. Move the file out of {self.kept.parent} once they are accounted for")
 
 
 def records_cut(directory: Path) -> list[RecordsCut]:
@@ -47,11 +47,22 @@ def records_cut(directory: Path) -> list[RecordsCut]:
         if named is None or not (directory / named["segment"]).is_file():
             continue
         data = _read(kept)
-        if not one_unfinished_write(data[:FRAME.size], len(data)):
+        if _damage(data):
             offset = _record_offset(directory / named["segment"], int(named["position"]))
-            records = sum(intact for _, intact in split(data))
-            found.append(RecordsCut(kept, named["segment"], offset, len(data), records))
+            found.append(RecordsCut(kept, named["segment"], offset, len(data), _whole_records(data)))
     return found
+
+
+def _damage(data: bytes) -> bool:
+    """Whether kept bytes are damage with records after it or behind it, not a torn write."""
+    return not one_unfinished_write(data, len(data), lambda: data)
+
+
+def _whole_records(data: bytes) -> int:
+    """The whole, intact records in bytes cut as damage: those after the damaged frame, or those
+    its length hides when it claims them all, or more than a record can be (a damaged length)."""
+    frames = list(split(data))
+    return sum(intact for _, intact in frames) if frames else hidden_records(data)
 
 
 def _record_offset(segment: Path, position: int) -> int:

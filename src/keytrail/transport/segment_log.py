@@ -33,6 +33,7 @@ from pathlib import Path
 from keytrail.owner_only import make_dirs, named, open_regular, sync_folder
 from keytrail.transport.frames import (
     FRAME,
+    MAX_RECORD,
     Payloads,
     frame_bytes,
     one_unfinished_write,
@@ -659,10 +660,13 @@ def _ends_in_one_frame(segment: _Segment, file_size: int) -> bool:
     """Whether the unreadable bytes after the segment's last whole record are one frame, cut short
     or failing its checksum, and nothing after it, or start with a header of zeros: what a crash
     leaves of an unfinished write (the writer writes a batch's first header last, and a crash may
-    keep a file's new length but not its data)."""
+    keep a file's new length but not its data). Not when that frame's length, damaged, hides whole
+    records (`hidden_records`): the bytes are read for them only when its length claims them all,
+    and no further than a frame can reach."""
     with open(open_regular(segment.path), "rb") as handle:
         handle.seek(segment.size)
-        return one_unfinished_write(handle.read(FRAME.size), file_size - segment.size)
+        head = handle.read(FRAME.size)
+        return one_unfinished_write(head, file_size - segment.size, lambda: head + handle.read(MAX_RECORD))
 
 
 def _cut_tail(segment: _Segment, file_size: int) -> Cut:
@@ -675,8 +679,8 @@ def _cut_tail(segment: _Segment, file_size: int) -> Cut:
     segment.blocked = False
     cut = Cut(segment.path, segment.base + len(segment.positions), kept.stat().st_size, kept, torn)
     if not torn:  # answered records after the damage leave the log: say so loudly
-        log.error("event log %s: the record at offset %d is damaged, and records follow it: cut with the records "
-                  "after it (%d bytes, kept in %s); readers and Kafka miss them, and `keytrail audit verify` names "
+        log.error("event log %s: the record at offset %d is damaged, and whole records follow the damage: cut with "
+                  "them (%d bytes, kept in %s); readers and Kafka miss them, and `keytrail audit verify` names "
                   "those the signed digests miss", segment.path.name, cut.offset, cut.size, kept.name)
     return cut
 

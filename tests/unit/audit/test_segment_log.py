@@ -15,7 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keytrail.transport import segment_log
+from keytrail.transport import frames, segment_log
+from keytrail.transport.frames import MAX_RECORD, hidden_records, possible_length
+from keytrail.transport.kept_tails import RecordsCut, records_cut
 from keytrail.transport.segment_log import Cut, CutShort, LogLockedError, SegmentLog
 from tests.support.audit_records import flip_bit, overwrite
 
@@ -91,7 +93,7 @@ def test_what_opening_cuts_is_kept_beside_the_segment(tmp_path: Path, caplog: py
     with caplog.at_level("WARNING", logger="keytrail.transport.segment_log"):
         SegmentLog(tmp_path, writable=True).close()
     [said] = caplog.records  # answered records cut with the damage: an error, not a torn write's warning
-    assert said.levelname == "ERROR" and "the record at offset 4 is damaged, and records follow it" in said.message
+    assert said.levelname == "ERROR" and "the record at offset 4 is damaged, and whole records follow" in said.message
     [kept] = tmp_path.glob("*.cut-at-*")
     assert kept.name.startswith(f"{segment.name}.cut-at-{position}-") and kept.read_bytes() == data[position:]
     assert kept.stat().st_mode & 0o777 == 0o600
@@ -111,6 +113,79 @@ def test_a_torn_write_is_cut_and_left_to_the_opener_to_say(tmp_path: Path, caplo
     [kept] = tmp_path.glob("*.cut-at-*")
     assert log.cut == Cut(segment, 5, 18, kept, torn_write=True)
     assert kept.read_bytes() == struct.pack("<II", 100, 0) + b"part of it"
+
+
+def _framed(payloads: list[bytes]) -> bytes:
+    return b"".join(struct.pack("<II", len(p), zlib.crc32(p)) + p for p in payloads)
+
+
+@pytest.mark.parametrize("flipped", [1 << 12, 1 << 30], ids=["past the segment's end", "more than a record can be"])
+def test_a_length_damaged_to_claim_every_byte_after_it_is_damage_not_a_torn_write(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, flipped: int) -> None:
+    # One unfinished frame, to the length alone: a start cut records 4..9, answered calls, with a
+    # warning of a torn write, and verify named neither the damage nor the records.
+    segment, data, position = _ten_records_with_the_fifth_damaged(tmp_path)
+    data = data[:position + 8] + bytes([data[position + 8] ^ 0xFF]) + data[position + 9:]  # the payload as it was
+    length = int.from_bytes(data[position:position + 4], "little") ^ flipped
+    data = data[:position] + length.to_bytes(4, "little") + data[position + 4:]
+    segment.write_bytes(data)
+    damage = SegmentLog(tmp_path).find_damage()
+    assert damage is not None and not damage.torn_write
+    with caplog.at_level("WARNING", logger="keytrail.transport.segment_log"):
+        log = SegmentLog(tmp_path, writable=True)
+        log.close()
+    [said] = caplog.records
+    assert said.levelname == "ERROR" and "the record at offset 4 is damaged, and whole records follow" in said.message
+    assert log.cut is not None and not log.cut.torn_write
+    assert records_cut(tmp_path) == [RecordsCut(log.cut.kept, segment.name, 4, len(data) - position, 6)]
+
+
+def test_records_hidden_behind_a_length_that_claims_every_byte_are_found() -> None:
+    record, after = b"the damaged record", _payloads(3)
+    header = struct.pack("<II", len(record) + (1 << 16), zlib.crc32(record))  # bit 16 of its length flipped
+    assert hidden_records(header + record + _framed(after)) == 4  # itself, whole up to the next header, and 3
+    assert hidden_records(header + record) == 1  # the last record: whole up to the end
+    checksum_too = struct.pack("<II", len(record) + (1 << 16), zlib.crc32(record) ^ 1)
+    assert hidden_records(checksum_too + record + _framed(after)) == 3  # the intact frames after it
+    assert hidden_records(checksum_too + record) == 0  # nothing shows where it ended: as a torn write
+    torn = _framed([record])
+    for end in range(8, len(torn)):  # a crash's torn write, cut anywhere, or its end zeros
+        assert hidden_records(torn[:end]) == 0
+        assert hidden_records(torn[:end] + bytes(4096)) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(payloads=st.lists(st.binary(min_size=1, max_size=300), min_size=2, max_size=12), data=st.data())
+def test_a_bit_flipped_in_a_length_to_claim_the_rest_never_hides_the_records_behind_it(
+        payloads: list[bytes], data: st.DataObject) -> None:
+    damaged = data.draw(st.integers(min_value=0, max_value=len(payloads) - 1))
+    framed = _framed(payloads[damaged:])
+    bit = data.draw(st.integers(min_value=len(framed).bit_length(), max_value=31))  # a bit 0 in the length
+    length = len(payloads[damaged]) ^ (1 << bit)
+    assert 8 + length >= len(framed)  # it claims every byte (or more)
+    tail = struct.pack("<I", length) + framed[4:]
+    assert hidden_records(tail) == len(payloads) - damaged
+    assert not frames.one_unfinished_write(tail, len(tail), lambda: tail)
+
+
+@pytest.mark.parametrize("length", [0, 1, 0x7F, 1 << 8, 1 << 16, 1 << 24, 3 << 24, MAX_RECORD, MAX_RECORD + 1,
+                                    4 << 24 | 1, 1 << 31])
+def test_the_search_finds_every_possible_frame_header_and_no_other(length: int) -> None:
+    assert bool(frames._POSSIBLE_HEADER.match(struct.pack("<I", length))) == possible_length(length)
+
+
+def test_the_search_for_hidden_records_checksums_candidate_frames_up_to_a_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bytes full of possible frame headers, none intact: each costs a checksum of its length, up
+    # to the budget; past it only the damaged frame's own payload is checksummed on (once over).
+    decoys = (struct.pack("<II", 16, 0) + bytes(range(1, 17))) * 10  # length 16, a CRC32 that fails
+    record = b"x" + decoys
+    tail = struct.pack("<II", 1 << 20, zlib.crc32(record) ^ 1) + record + _framed([b"intact"])
+    assert hidden_records(tail) == 1
+    monkeypatch.setattr(frames, "_CHECKSUMMED_AT_MOST", 100)
+    assert hidden_records(tail) == 0
+    length_alone = struct.pack("<II", 1 << 20, zlib.crc32(record)) + record + _framed([b"intact"])
+    assert hidden_records(length_alone) == 2
 
 
 def test_damage_in_a_closed_segment_is_reported_and_a_writers_tail_is_not(tmp_path: Path) -> None:
@@ -269,6 +344,7 @@ def test_any_crash_point_leaves_a_prefix_of_the_records(tmp_path_factory: pytest
     recovered = [p for _, p in reopened.read(0, 1000)]
     reopened.close()
     assert recovered == payloads[: len(recovered)]
+    assert reopened.cut is None or reopened.cut.torn_write  # not damage, however long the frame it cut into
 
 
 # --- readers: bounded chunks, damage, a live log, payloads read as one block -----------------------
