@@ -58,7 +58,14 @@ from keytrail.kms.key_last_use import (
     share_uses,
 )
 from keytrail.kms.keys import Key
-from keytrail.kms.model import AuditUnavailable, CallRecord, CallsInProgress, KeyLastUsage, LastUsageSource
+from keytrail.kms.model import (
+    SCHEDULED_FOR_DELETION,
+    AuditUnavailable,
+    CallRecord,
+    CallsInProgress,
+    KeyLastUsage,
+    LastUsageSource,
+)
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Store
 from keytrail.log_lines import LineThinner
@@ -484,8 +491,10 @@ def _material_expirations(keys: list[Key]) -> str:
     """When each key's imported material first expires (DescribeKey's ValidTo), as AWS's CloudWatch
     metric SecondsUntilKeyMaterialExpiration tells: once it has, every cryptographic call on the key
     fails until the material is imported again, and no other figure shows it coming. A timestamp,
-    not seconds left, as Prometheus names it: the alert subtracts time()."""
-    ends = sorted((key.arn, valid_to) for key in keys if (valid_to := expiration_of(key)[1]) is not None)
+    not seconds left, as Prometheus names it: the alert subtracts time(). Not of a key scheduled for
+    deletion: it serves no call, so its material's expiry breaks nothing, and no one is to re-import it."""
+    ends = sorted((key.arn, valid_to) for key in keys
+                  if key.state not in SCHEDULED_FOR_DELETION and (valid_to := expiration_of(key)[1]) is not None)
     return render_family(
         "keytrail_kms_key_material_expiration_timestamp_seconds", "gauge",
         "When the key's imported key material first expires (DescribeKey's ValidTo), in Unix seconds.",

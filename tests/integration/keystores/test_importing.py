@@ -427,13 +427,16 @@ def _expirations(server: KeytrailServer) -> dict[str, float]:
 
 def test_metrics_tell_when_imported_material_expires_until_it_has(fresh_server: KeytrailServer) -> None:
     """AWS's SecondsUntilKeyMaterialExpiration, which KeytrailKeyMaterialExpiring alerts on: the
-    runbook's re-import with a later ValidTo moves it; expired material leaves no sample."""
+    runbook's re-import with a later ValidTo moves it; expired material, or that of a key scheduled
+    for deletion (no call to break), leaves no sample."""
     kms = fresh_server.client("alice")
-    expiring, lasting = _external_key(kms), _external_key(kms)
+    expiring, lasting, deleted = _external_key(kms), _external_key(kms), _external_key(kms)
     material = os.urandom(32)
     now = _server_now(fresh_server)
     _import(kms, expiring, material, ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=now + timedelta(days=3))
     _import(kms, lasting, os.urandom(32))
+    _import(kms, deleted, os.urandom(32), ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=now + timedelta(days=3))
+    kms.schedule_key_deletion(KeyId=deleted, PendingWindowInDays=30)
     arn = kms.describe_key(KeyId=expiring)["KeyMetadata"]["Arn"]
     assert _expirations(fresh_server) == {arn: pytest.approx((now + timedelta(days=3)).timestamp(), abs=1)}
     _import(kms, expiring, material, ExpirationModel="KEY_MATERIAL_EXPIRES", ValidTo=now + timedelta(days=30))
