@@ -414,22 +414,35 @@ def test_bytes_appended_while_the_node_was_stopped_are_named_and_not_called_a_cr
     assert cut.read_bytes() == b"EVIL-INJECTED-BYTES-after-clean-stop"
 
 
-def test_records_a_start_cut_with_a_damaged_record_before_them_are_named_by_verify(tmp_path: Path) -> None:
-    """A record damaged mid-segment after a crash: the next start cuts the log there, and the whole
-    records after it, answered calls, leave the log (kept beside it in a `.cut-at-` file). No digest
-    signed them yet, so `audit verify` said "no record missing" (exit 0) though they were gone from
-    every reader. It names them, the file that holds them and how many."""
-    data = tmp_path / "data"
+def _killed_after_twenty_calls(data: Path) -> tuple[KeytrailServer, list[str], Path]:
+    """A node on `data` that answered a CreateKey and 20 Encrypt calls, then was killed (a crash):
+    it, the Encrypt calls' request ids, and its segment."""
     server = KeytrailServer(data).start()
     alice = server.client("alice")
     key = alice.create_key()["KeyMetadata"]["KeyId"]
     answered = [alice.encrypt(KeyId=key, Plaintext=b"x")["ResponseMetadata"]["RequestId"] for _ in range(20)]
     server.kill()
     [segment] = event_log_dir(data).glob("*.seg")
-    damaged = bytearray(segment.read_bytes())
+    return server, answered, segment
+
+
+def _frame_of(segment: bytes, record: int) -> int:
+    """Where the frame of `record` (its offset in the segment) begins: past records 0..record - 1."""
     position = 0
-    for _ in range(10):  # past records 0..9 (CreateKey and 9 Encrypt calls): record 10's frame
-        position += 8 + int.from_bytes(damaged[position:position + 4], "little")
+    for _ in range(record):
+        position += 8 + int.from_bytes(segment[position:position + 4], "little")
+    return position
+
+
+def test_records_a_start_cut_with_a_damaged_record_before_them_are_named_by_verify(tmp_path: Path) -> None:
+    """A record damaged mid-segment after a crash: the next start cuts the log there, and the whole
+    records after it, answered calls, leave the log (kept beside it in a `.cut-at-` file). No digest
+    signed them yet, so `audit verify` said "no record missing" (exit 0) though they were gone from
+    every reader. It names them, the file that holds them and how many."""
+    data = tmp_path / "data"
+    server, answered, segment = _killed_after_twenty_calls(data)
+    damaged = bytearray(segment.read_bytes())
+    position = _frame_of(damaged, 10)  # past CreateKey and 9 Encrypt calls
     damaged[position + 20] ^= 0xFF  # its payload no longer matches its checksum
     segment.write_bytes(bytes(damaged))
     server.start()  # cuts the log at record 10, the 10 whole records after it with it
@@ -456,16 +469,9 @@ def test_a_record_whose_length_a_flipped_bit_makes_claim_the_rest_is_no_torn_wri
     behind the length (or the frame's own payload, whole) tell damage from a torn write: cut as
     damage, said in an error, and named by verify."""
     data = tmp_path / "data"
-    server = KeytrailServer(data).start()
-    alice = server.client("alice")
-    key = alice.create_key()["KeyMetadata"]["KeyId"]
-    answered = [alice.encrypt(KeyId=key, Plaintext=b"x")["ResponseMetadata"]["RequestId"] for _ in range(20)]
-    server.kill()
-    [segment] = event_log_dir(data).glob("*.seg")
+    server, answered, segment = _killed_after_twenty_calls(data)
     damaged = bytearray(segment.read_bytes())
-    position = 0
-    for _ in range(record):  # past records 0..record - 1: the frame of `record`
-        position += 8 + int.from_bytes(damaged[position:position + 4], "little")
+    position = _frame_of(damaged, record)
     length = int.from_bytes(damaged[position:position + 4], "little") ^ flipped
     damaged[position:position + 4] = length.to_bytes(4, "little")
     assert position + 8 + length > len(damaged)  # it claims the rest of the segment, and more
