@@ -458,6 +458,21 @@ CHECKED = [
         "check one against: the header is signed like every `x-amz-*` header and its value ignored "
         "(docs/principals.md). An unknown access key gets `UnrecognizedClientException` with AWS's message.",
     ),
+    (
+        "A KMS call from a web page (the AWS SDK for JavaScript in a browser, `@aws-crypto/client-browser`): the "
+        "browser's preflight `OPTIONS /`, then the call with its `Origin`",
+        "AWS KMS allows cross-origin calls: aws-sdk-js's `apis/metadata.json` marks `kms` `\"cors\": true`, and "
+        "its preflight was recorded answering `200` with `Access-Control-Allow-Origin: *`, the headers asked for, "
+        "`Access-Control-Allow-Methods: POST`, `Access-Control-Expose-Headers: x-amzn-RequestId,x-amzn-ErrorType,"
+        "x-amzn-ErrorMessage,Date` and `Access-Control-Max-Age: 172800` (AllanZhengYP/cors-test, `output.md`).",
+        "That preflight answer (not audited: no KMS call is made), and a call that has an `Origin` is answered "
+        "with `Access-Control-Allow-Origin: *` and those exposed headers; the preflight used to be `404` "
+        "`UnknownOperationException`, so the browser sent no call (`TypeError: Failed to fetch`). keytrail's "
+        "choice: a `--dev-credentials` node, which takes any access key unsigned, lets in only pages of this "
+        "machine (`http(s)://localhost`, `127.0.0.1` or `[::1]`, any port; the origin is named back, with "
+        "`Vary: Origin`) and answers another page's preflight `403` `AccessDeniedException`, so that no web page "
+        "the developer opens can use it. `/metrics` and `/_keytrail/*` let in no other origin.",
+    ),
 ]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from keytrail.api import cors
 from keytrail.api.credentials import Credential, CredentialStore
 from keytrail.api.http_protocol import TLS_EXTENSION
 from keytrail.api.protocol import decode_request, encode_value, operation_names
@@ -164,6 +165,8 @@ class KmsApp:
         method, path = scope["method"], scope["path"]
         if method == "POST" and path == "/":
             await self._kms(scope, receive, send)
+        elif method == "OPTIONS" and path == "/":
+            await self._preflight(scope, send)
         # HEAD as GET (RFC 9110 §9.3.2; the server sends no body): uptime monitors and some load
         # balancers probe with HEAD, and a 404 took a healthy node out of their rotation.
         elif method in _READS and path == "/_keytrail/health":
@@ -190,11 +193,25 @@ class KmsApp:
         extra = [(b"x-amzn-requestid", request_id.encode()), (b"x-amzn-errortype", error.code.encode())]
         await _respond(send, 404, _error_body(error), _JSON, extra)
 
+    async def _preflight(self, scope: Scope, send: Send) -> None:
+        """A browser's CORS preflight of a KMS call (api/cors.py): 200 saying what the page may send,
+        or 403 for a page a --dev-credentials node takes no calls from. Not a KMS call: not audited."""
+        request_id = (b"x-amzn-requestid", str(uuid.uuid4()).encode())
+        allowed = cors.preflight(scope["headers"], local_only=self.credentials.dev_credentials)
+        if allowed is None:
+            error = errors.AccessDeniedException(
+                "A --dev-credentials node takes calls from web pages of this machine only (localhost).")
+            refused = [request_id, (b"x-amzn-errortype", error.code.encode())]
+            await _respond(send, 403, _error_body(error), _JSON, refused)
+            return
+        await _respond(send, 200, b"", _JSON, [request_id, *allowed])
+
     # --- KMS calls ---------------------------------------------------------------------------
 
     async def _kms(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = self.service.deps.new_id()
-        extra = [(b"x-amzn-requestid", request_id.encode())]
+        extra = [(b"x-amzn-requestid", request_id.encode()),
+                 *cors.call_headers(scope["headers"], local_only=self.credentials.dev_credentials)]
         try:
             response = await self._handle(scope, receive, request_id)
         except _ClientGone:
