@@ -1,5 +1,6 @@
-"""KMS calls from a web page: the browser's CORS preflight and the answer's CORS headers, as AWS KMS
-gives them (api/cors.py), sent as the AWS SDK for JavaScript in a browser sends them."""
+"""Requests from a web page: KMS calls with the browser's CORS preflight and the answer's CORS headers,
+as AWS KMS gives them (api/cors.py), sent as the AWS SDK for JavaScript in a browser sends them; and
+no page moving the dev clock."""
 
 from __future__ import annotations
 
@@ -24,11 +25,11 @@ _PREFLIGHT = {
 _EXPOSED = "x-amzn-RequestId,x-amzn-ErrorType,x-amzn-ErrorMessage,Date"
 
 
-def _send(server: KeytrailServer, method: str, headers: dict[str, str], body: bytes = b"",
+def _send(server: KeytrailServer, method: str, headers: dict[str, str], body: bytes = b"", path: str = "/",
           ) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
-        connection.request(method, "/", body=body, headers=headers)
+        connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
@@ -100,3 +101,14 @@ def test_dev_credentials_node_refuses_calls_from_other_pages(
     assert "access-control-allow-origin" not in headers
     _, headers, _ = _list_keys(dev_credentials_server, origin, key="test", secret="test")
     assert "access-control-allow-origin" not in headers
+
+
+def test_a_web_page_cannot_move_the_dev_clock(fresh_server: KeytrailServer) -> None:
+    """A page may POST anywhere without a preflight (a text/plain body, `mode: "no-cors"`): any site
+    the developer opened could move the dev clock and so complete pending key deletions."""
+    before = fresh_server.advance(0)
+    body = json.dumps({"seconds": 40 * 86400}).encode()
+    page = {"Origin": "https://attacker.example", "Content-Type": "text/plain;charset=UTF-8"}
+    status, _, answer = _send(fresh_server, "POST", page, body, path="/_keytrail/clock/advance")
+    assert status == 403 and json.loads(answer)["__type"] == "AccessDeniedException"
+    assert fresh_server.advance(0)[:10] == before[:10]  # still the same day

@@ -51,6 +51,8 @@ _TARGET_PREFIX = "TrentService."
 SMALL_BODY_BYTES = 64 * 1024
 _READS = frozenset({"GET", "HEAD"})  # the methods of the health and metrics endpoints
 _MAX_ADVANCE = 100 * 365 * 86400  # one move of the dev clock: far enough for any test, short of year 9999
+_ADVANCE_FROM_A_PAGE = orjson.dumps({"__type": "AccessDeniedException",
+                                     "message": "The dev clock is not moved by a web page (a request with an Origin)"})
 _ADVANCE_REFUSED = orjson.dumps({"__type": "ValidationException",
                                  "message": f'Body must be {{"seconds": N}} with 0 <= N <= {_MAX_ADVANCE} (100 years)'})
 
@@ -177,7 +179,7 @@ class KmsApp:
             text = (await self.settings.metrics()).encode()
             await _respond(send, 200, text, b"text/plain; version=0.0.4; charset=utf-8")
         elif method == "POST" and path == "/_keytrail/clock/advance" and self._clock_allowed(scope):
-            await self._advance_clock(receive, send)
+            await self._advance_clock(scope, receive, send)
         elif path == "/_keytrail/health" or (path == "/metrics" and self.settings.metrics):
             await _not_allowed(method, path, send)
         else:
@@ -314,9 +316,14 @@ class KmsApp:
         client = (scope.get("client") or ("",))[0]
         return self.settings.dev_clock is not None and _is_loopback(client)
 
-    async def _advance_clock(self, receive: Receive, send: Send) -> None:
+    async def _advance_clock(self, scope: Scope, receive: Receive, send: Send) -> None:
         clock = self.settings.dev_clock
         assert clock is not None
+        # A page may POST here unasked (no preflight for a text/plain body): any site the developer
+        # opened could move the clock, and so complete pending key deletions.
+        if cors.from_a_page(scope["headers"]):
+            await _respond(send, 403, _ADVANCE_FROM_A_PAGE, b"application/json")
+            return
         try:
             request = orjson.loads(await _read_body(receive, 4096) or b"{}")
             seconds = request["seconds"]

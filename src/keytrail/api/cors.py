@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-__all__ = ["call_headers", "preflight"]
+__all__ = ["call_headers", "from_a_page", "preflight"]
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -76,3 +76,10 @@ def preflight(raw: Headers, *, local_only: bool) -> Headers | None:
     return [*allowed, *([(b"access-control-allow-headers", asked)] if asked else []),
             (b"access-control-allow-methods", b"POST"), (b"access-control-expose-headers", _EXPOSED),
             (b"access-control-max-age", _MAX_AGE)]
+
+
+def from_a_page(raw: Headers) -> bool:
+    """Whether a request was sent by a web page: a browser names the page's origin in every POST it
+    sends to another origin, preflighted or not (a text/plain body needs none); curl and the SDKs
+    outside a browser send no Origin."""
+    return _header(raw, b"origin") is not None
