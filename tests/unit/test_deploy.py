@@ -825,6 +825,14 @@ ALERT_CASES: list[tuple[str, list[dict[str, str]], list[dict[str, Any]]]] = [
       _series("up", "", "1x30 _x20 1x20"), _series("process_start_time_seconds", "", "0x30 _x20 0x20")],
      [_fires("KeytrailCustomKeyStoreFailing", "10m", {"store": "cks-1234567890abcdef0"}),
       _silent("KeytrailCustomKeyStoreFailing", "20m"), _silent("KeytrailCustomKeyStoreFailing", "55m")]),
+    ("a grant found tampered at 5m pages at once, naming its table, until the node restarts (at 15m)",
+     [_series("keytrail_key_store_tampered_rows_total", f',table="{table}"', values)
+      for table, values in (("grants", "0x4 1x9 0x5"), ("keys", "0x19"))],
+     [_silent("KeytrailKeyStoreTampered", "4m"), _fires("KeytrailKeyStoreTampered", "5m", {"table": "grants"}),
+      _fires("KeytrailKeyStoreTampered", "14m", {"table": "grants"}), _silent("KeytrailKeyStoreTampered", "15m")]),
+    ("a store found not to match its ledger at 3m pages at once",
+     [_series("keytrail_key_store_ledger_mismatch", "", "0x2 1x5")],
+     [_silent("KeytrailKeyStoreLedgerMismatch", "2m"), _fires("KeytrailKeyStoreLedgerMismatch", "3m")]),
     # promtool's time() starts at 0: a ValidTo of 3 days is 259200, of 30 days 2592000.
     ("imported material expiring in 3 days warns once, whichever nodes tell it; material of 30 days does not",
      [{"series": f'{_EXPIRATION}{{job="keytrail",instance="{node}",key="{key}"}}', "values": f"{valid_to}x20"}

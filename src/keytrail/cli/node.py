@@ -422,7 +422,7 @@ async def _metrics(node: Node, pipeline_metrics: Callable[[], Awaitable[str]]) -
          *([({"child": "audit fsync helper"}, node.audit.spool.helper_restarts)] if node.audit is not None else [])])
     return (pipeline + keys + alarms + denied + refused + connections + requests + restarts + health
             + _readers_held(node) + _audit_commits(node.audit) + _audit_unshipped(node.audit) + _audit_refused(node)
-            + _hsm_failed_calls(node) + _process_start(node))
+            + _hsm_failed_calls(node) + _store_tampering(node) + _process_start(node))
 
 
 def _hsm_failed_calls(node: Node) -> str:
@@ -436,6 +436,24 @@ def _hsm_failed_calls(node: Node) -> str:
         "keytrail_custom_key_store_failed_calls_total", "counter",
         "Calls on a CONNECTED custom key store that its HSM could not serve, by store.",
         (({"store": store}, n) for store, n in sorted(failed.items())))
+
+
+def _store_tampering(node: Node) -> str:
+    """What the key store found changed outside keytrail since the node started: each row whose
+    document did not verify, once, by table (every table listed from 0), and whether its rows no
+    longer match its ledger. A refused row fails only the calls that need it, which no error rate
+    shows for a rarely used key; the alerts page on either at once."""
+    tampering = node.service.store.tampering
+    rows = render_family(
+        "keytrail_key_store_tampered_rows_total", "counter",
+        "Rows of the key store whose document did not verify under the root key (edited, forged, copied from "
+        "another row), each counted once since the node started, by table.",
+        (({"table": table}, n) for table, n in sorted(tampering.rows().items())))
+    ledger = render_family(
+        "keytrail_key_store_ledger_mismatch", "gauge",
+        "1 once the key store's rows no longer match its ledger (rows deleted, put back or added outside keytrail).",
+        [({}, int(tampering.ledger_mismatch))])
+    return rows + ledger
 
 
 def _process_start(node: Node) -> str:

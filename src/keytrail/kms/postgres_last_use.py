@@ -76,6 +76,7 @@ class PostgresLastUse(PostgresStoreBase):
                 if kept.timestamp > use.timestamp or kept == use:
                     return None
             except DocumentRefused as refusal:
+                self.tampering.found(refusal)
                 if (KEY_LAST_USE.name, row) not in self._reported:
                     self._reported.add((KEY_LAST_USE.name, row))
                     log.error("key store: %s (edited, forged or copied from another row): left as it is, and "

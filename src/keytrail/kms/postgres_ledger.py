@@ -31,6 +31,7 @@ from keytrail.kms.authentic_docs import HEAD_CHARS, DocumentRefused, Row
 from keytrail.kms.resealing import POSTGRES_TABLES, DocumentTable
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store_ledger import Entry, Ledger, LedgerMismatch, NewerStore
+from keytrail.kms.tampering import Tampering
 
 __all__ = ["CHECK_EVERY", "LEDGER_SCHEMA", "LedgerWatch", "LedgerWriter", "Write", "read_ledger"]
 
@@ -149,9 +150,11 @@ class LedgerWatch:
     """Whether the store's rows still match its ledger: checked by `check`, by the task `start`
     runs every `every` seconds; once they do not, every call is refused until the node restarts."""
 
-    def __init__(self, pool: Any, root: Callable[[], RootKey], every: float = CHECK_EVERY) -> None:
+    def __init__(self, pool: Any, root: Callable[[], RootKey], every: float = CHECK_EVERY,
+                 tampering: Tampering | None = None) -> None:
         self._pool, self._root, self._every = pool, root, every
         self.mismatch: LedgerMismatch | None = None  # why the store refuses calls, once it does
+        self._tampering = tampering  # the store's, told of a mismatch for /metrics
         self._task: asyncio.Task[None] | None = None
 
     def refuse_if_broken(self) -> None:
@@ -163,8 +166,10 @@ class LedgerWatch:
         """Refuse every call from now on, the log saying why once; the refusal to raise now."""
         if self.mismatch is None:
             self.mismatch = mismatch
-            until = ("a node of the newer version serves the store in its place" if isinstance(mismatch, NewerStore)
-                     else "the database is restored")
+            newer = isinstance(mismatch, NewerStore)  # a newer version wrote the store: no tampering
+            if self._tampering is not None and not newer:
+                self._tampering.ledger_mismatch = True
+            until = "a node of the newer version serves the store in its place" if newer else "the database is restored"
             log.error("key store: %s: every call on it is refused until the node restarts (which refuses to start "
                       "until %s)", mismatch, until)
         return _refusal()

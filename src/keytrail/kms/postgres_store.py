@@ -22,7 +22,7 @@ from typing import Any
 
 import asyncpg
 
-from keytrail.kms.authentic_docs import DocumentRefused, Row, authenticate, refused_call, verify
+from keytrail.kms.authentic_docs import DocumentRefused, Row, authenticate, verify
 from keytrail.kms.codec import (
     alias_from_doc,
     alias_to_doc,
@@ -65,6 +65,7 @@ from keytrail.kms.resealing import (
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.store import Alias, Grant, GrantPosition, KeyPosition
 from keytrail.kms.store_ledger import LedgerMismatch
+from keytrail.kms.tampering import Tampering
 
 __all__ = ["DEFAULT_TIMEOUT", "OWED_GRACE_SECONDS", "PostgresStore", "StoreBusy"]
 
@@ -162,7 +163,8 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
         self._owing = Owing()
         self._reported: set[tuple[str, Row]] = set()  # refused rows whole-store reads have logged
         self._verified_grants: dict[tuple[Row, str], Grant] = {}
-        self._ledger = LedgerWatch(pool, lambda: self._root, check_every)
+        self.tampering = Tampering(table.name for table in POSTGRES_TABLES)
+        self._ledger = LedgerWatch(pool, lambda: self._root, check_every, self.tampering)
         self._connections = PostgresConnections(pool, timeout, self._ledger.refuse_if_broken)
 
     def _doc(self, table: DocumentTable, row: Row, body: str) -> str:
@@ -176,7 +178,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
         try:
             return verify(self._root, table.name, row, found["doc"])
         except DocumentRefused as refusal:
-            raise refused_call(refusal) from None
+            raise self.tampering.refused(refusal) from None
 
     def _verified_bodies(self, table: DocumentTable, rows: list[Any]) -> list[str]:
         """The bodies of the rows that verify: for reads over the whole store, which one bad row
@@ -190,7 +192,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
             except DocumentRefused as refusal:
                 if (table.name, row) not in self._reported:
                     self._reported.add((table.name, row))
-                    refused_call(refusal)
+                    self.tampering.refused(refusal)
         return bodies
 
     @classmethod
@@ -303,7 +305,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
         outside keytrail would hand out a marker that skips keys or lists them again."""
         key = key_from_doc(self._body(KEYS, found), self._root)
         if found["created"] != key.creation_date.isoformat():
-            raise refused_call(DocumentRefused(KEYS.name, (key.account, key.region, key.key_id)))
+            raise self.tampering.refused(DocumentRefused(KEYS.name, (key.account, key.region, key.key_id)))
         return key
 
     async def count_keys(self, account: str, region: str) -> int:
@@ -394,7 +396,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
         names the key its `key_id` column does: the column placed it in that key's page."""
         alias = alias_from_doc(self._body(ALIASES, found))
         if key_id is not None and alias.key_id != found["key_id"]:
-            raise refused_call(DocumentRefused(ALIASES.name, (alias.account, alias.region, alias.name)))
+            raise self.tampering.refused(DocumentRefused(ALIASES.name, (alias.account, alias.region, alias.name)))
         return alias
 
     # --- grants ------------------------------------------------------------------------------
@@ -452,7 +454,7 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
         grant = self._grant(found)
         if found["created"] != grant.creation_date.isoformat():
             row = (grant.account, grant.region, grant.key_id, grant.grant_id)
-            raise refused_call(DocumentRefused(GRANTS.name, row))
+            raise self.tampering.refused(DocumentRefused(GRANTS.name, row))
         return grant
 
     async def grants_to(self, account: str, region: str, key_id: str, grantees: Collection[str]) -> list[Grant]:

@@ -13,16 +13,18 @@ from keytrail.kms.owed_records import Owing
 from keytrail.kms.postgres_ledger import LedgerWriter
 from keytrail.kms.resealing import DocumentTable
 from keytrail.kms.sealing import RootKey
+from keytrail.kms.tampering import Tampering
 
 __all__ = ["PostgresStoreBase"]
 
 
 class PostgresStoreBase(Protocol):
-    """The store's root key and owed records, and its reads, its documents and its ledgered
-    write (PostgresStore sets and defines them)."""
+    """The store's root key, owed records and refused rows' count (`tampering`), and its reads, its
+    documents and its ledgered write (PostgresStore sets and defines them)."""
 
     _root: RootKey
     _owing: Owing
+    tampering: Tampering
 
     def _doc(self, table: DocumentTable, row: Row, body: str) -> str:
         """The document to write in `row` of `table`: `body` with its MAC."""

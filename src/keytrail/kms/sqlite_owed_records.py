@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from keytrail.kms.authentic_docs import DocumentRefused, refused_call, verify
+from keytrail.kms.authentic_docs import DocumentRefused, verify
 from keytrail.kms.model import CallRecord
 from keytrail.kms.owed_records import record_from_doc, record_to_doc
 from keytrail.kms.resealing import OWED_RECORDS
@@ -50,7 +50,7 @@ class SqliteOwedRecords(SqliteStoreBase):
             return record_from_doc(verify(self._root, OWED_RECORDS.name, (event_id,), doc))
         except DocumentRefused as refusal:  # logged once (as the store opened, if it was there then)
             if not self._refused.within(OWED_RECORDS.name, (event_id,)):
-                refused_call(refusal)
+                self.tampering.refused(refusal)
                 self._refused.add(refusal)
             return None
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from keytrail.kms.authentic_docs import DocumentRefused, refused_call, verify
+from keytrail.kms.authentic_docs import DocumentRefused, verify
 from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.resealing import CUSTOM_KEY_STORES, IMPORT_PARAMETERS
@@ -43,7 +43,7 @@ class SqliteSealedRows(SqliteStoreBase):
         try:
             body = verify(self._root, IMPORT_PARAMETERS.name, (token_id,), found[0])
         except DocumentRefused as refusal:
-            raise refused_call(refusal) from None
+            raise self.tampering.refused(refusal) from None
         return import_parameters_from_doc(body, self._root)
 
     async def put_custom_key_store(self, store: CustomKeyStore) -> None:

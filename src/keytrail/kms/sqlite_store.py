@@ -20,7 +20,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 from keytrail.kms import errors
-from keytrail.kms.authentic_docs import DocumentRefused, RefusedRows, Row, authenticate, refused_call, verify
+from keytrail.kms.authentic_docs import DocumentRefused, RefusedRows, Row, authenticate, verify
 from keytrail.kms.codec import (
     alias_from_doc,
     alias_to_doc,
@@ -37,6 +37,7 @@ from keytrail.kms.owed_records import Owing
 from keytrail.kms.resealing import (
     ALIASES,
     CUSTOM_KEY_STORES,
+    DOCUMENT_TABLES,
     GRANTS,
     KEYS,
     DocumentTable,
@@ -61,6 +62,7 @@ from keytrail.kms.sqlite_sealed_rows import SqliteSealedRows
 from keytrail.kms.store import Alias, Grant, GrantPosition, KeyPosition, grant_position, key_position
 from keytrail.kms.store_ledger import Ledger, LedgerMismatch
 from keytrail.kms.store_upgrade import opening_plan
+from keytrail.kms.tampering import Tampering
 from keytrail.owner_only import make_dirs
 from keytrail.read_only_db import connect_read_only, missing_tables_as_empty, sqlite_open_error
 
@@ -188,6 +190,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         # Rows whose document did not verify as the store opened, by table: the calls that need
         # one fail; nothing of them is in memory.
         self._refused = RefusedRows()
+        self.tampering = Tampering(table.name for table in DOCUMENT_TABLES)
         self._locks = KeyLocks()
         self._owing = Owing()
         self._ledger = Ledger()  # the one `_load` reads; each write then keeps it in step
@@ -272,7 +275,7 @@ class SqliteStore(SqliteOwedRecords, SqliteSealedRows):
         try:
             body = verify(self._root, table.name, row, text)
         except DocumentRefused as refusal:
-            refused_call(refusal)  # its line in the log now, not only at the first call
+            self.tampering.refused(refusal)  # its line in the log now, not only at the first call
             self._refused.add(refusal)
             return
         self._remember_document(table, body)

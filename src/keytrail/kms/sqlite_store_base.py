@@ -15,18 +15,20 @@ from keytrail.kms.owed_records import Owing
 from keytrail.kms.resealing import DocumentTable
 from keytrail.kms.sealing import RootKey
 from keytrail.kms.sqlite_ledger import Change
+from keytrail.kms.tampering import Tampering
 
 __all__ = ["SqliteStoreBase"]
 
 
 class SqliteStoreBase(Protocol):
-    """The store's connection, root key, refused rows, owed records and custom key stores in
-    memory, its two ways to write, and the erasing of what a deletion freed (SqliteStore sets and
-    defines them)."""
+    """The store's connection, root key, refused rows (and their count, `tampering`), owed records
+    and custom key stores in memory, its two ways to write, and the erasing of what a deletion
+    freed (SqliteStore sets and defines them)."""
 
     _db: sqlite3.Connection
     _root: RootKey
     _refused: RefusedRows
+    tampering: Tampering
     _owing: Owing
     _custom_key_stores: dict[tuple[str, str], dict[str, CustomKeyStore]]
 

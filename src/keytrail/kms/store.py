@@ -12,6 +12,7 @@ from keytrail.kms.importing import ImportParameters
 from keytrail.kms.keys import Key
 from keytrail.kms.keystores import CustomKeyStore
 from keytrail.kms.model import CallRecord
+from keytrail.kms.tampering import Tampering
 
 __all__ = [
     "Alias", "AliasStore", "CustomKeyStoreStore", "Grant", "GrantPosition", "GrantStore", "ImportStore", "KeyPosition",
@@ -214,6 +215,9 @@ class OwedRecordStore(Protocol):
 
 class Store(KeyStore, AliasStore, GrantStore, ImportStore, CustomKeyStoreStore, OwedRecordStore, Protocol):
     """Everything a node keeps about keys; one implementation per backend (SQLite, PostgreSQL)."""
+
+    # The rows it refused and the ledger mismatch it found since it opened (kms/tampering.py), for /metrics.
+    tampering: Tampering
 
     async def ping(self) -> None:
         """Raise unless the backend answers a trivial query now (the health check asks)."""

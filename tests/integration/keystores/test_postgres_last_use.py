@@ -89,6 +89,20 @@ async def test_a_use_edited_in_the_database_is_refused_never_taken_for_unused(ds
     await store.close()
 
 
+async def test_a_use_edited_in_the_database_is_counted_for_metrics_by_the_next_write_of_a_use(dsn: str) -> None:
+    # No read of it needed: a node writes its later uses every second, and finds the row then.
+    store = await _store(dsn, RootKey(os.urandom(32)))
+    await store.put_last_uses([USE])
+    doc = await _doc(dsn, OURS.key_id)
+    await fetch(dsn, "UPDATE kms_key_last_use SET doc=$1 WHERE key_id=$2",
+                doc.replace(USE.timestamp.isoformat(), EARLIER.timestamp.isoformat()), OURS.key_id)
+    assert store.tampering.rows()["key_last_use"] == 0
+    for days in (1, 2):
+        await store.put_last_uses([replace(USE, timestamp=USE.timestamp + timedelta(days=days))])
+    assert store.tampering.rows() == {table: int(table == "key_last_use") for table in store.tampering.rows()}
+    await store.close()
+
+
 async def test_a_use_copied_from_another_key_is_refused(dsn: str) -> None:
     store = await _store(dsn, RootKey(os.urandom(32)))
     await store.put_last_uses([USE, replace(EARLIER, key_arn=OTHER.arn)])

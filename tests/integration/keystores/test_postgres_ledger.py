@@ -57,8 +57,10 @@ async def _store(dsn: str, root: RootKey) -> PostgresStore:
 async def _refuses_from_its_next_check(store: PostgresStore, detail: str, caplog: pytest.LogCaptureFixture) -> None:
     """The running node's check finds `detail`; from then on every call is refused, and the health
     check says why."""
+    assert not store.tampering.ledger_mismatch
     with caplog.at_level(logging.ERROR):
         assert not await store.check_ledger()  # what the background task runs every minute
+    assert store.tampering.ledger_mismatch  # for /metrics: KeytrailKeyStoreLedgerMismatch pages
     for call in (store.get_key(ACCOUNT, REGION, OTHER.key_id), store.list_grants(ACCOUNT, REGION, OTHER.key_id),
                  store.put_alias(replace(ALIAS, name="alias/after")), store.all_keys()):
         with pytest.raises(errors.KMSInternalException) as refused:

@@ -40,6 +40,7 @@ async def test_a_running_node_says_a_newer_version_wrote_the_store(
     store = await _written_by_a_newer_version(dsn, root)
     with caplog.at_level(logging.ERROR):
         assert not await store.check_ledger()  # what the background task runs every minute
+    assert not store.tampering.ledger_mismatch  # no tampering: nothing pages as for one
     await store.close()
     [line] = [r.getMessage() for r in caplog.records if "does not match its ledger" in r.getMessage()]
     assert line == (f"key store: {NEWER}: every call on it is refused until the node restarts (which refuses to "
