@@ -24,7 +24,9 @@ def _limit_samples(text: str) -> list[str]:
 
 def _trail(kafka: str | None, unshipped: int = 0) -> AuditTrail:
     settings = SimpleNamespace(kafka_bootstrap=kafka, max_unshipped_bytes=1 << 20)
-    return cast(AuditTrail, SimpleNamespace(unshipped_bytes=lambda: unshipped, settings=settings))
+    losses = 0 if kafka else None  # keytrail_audit_kafka_losses_total: with Kafka only
+    return cast(AuditTrail, SimpleNamespace(unshipped_bytes=lambda: unshipped, kafka_losses=lambda: losses,
+                                            settings=settings))
 
 
 def test_a_node_shipping_to_kafka_exports_its_cap() -> None:
