@@ -56,7 +56,7 @@ def _state(pid: int) -> str | None:
     """The kernel's one-letter state of `pid` (T: stopped, Z: exited), None once it is reaped."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped before the open, or between it and the read
         return None
 
 
