@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Protocol
 
 __all__ = [
-    "DEV_CLOCK_FILE", "Clock", "ManualClock", "SystemClock", "data_dir_now", "dev_clock_ahead", "shifted", "utc_now"
+    "DEV_CLOCK_FILE", "Clock", "ManualClock", "SystemClock", "as_utc", "data_dir_now", "dev_clock_ahead", "shifted",
+    "utc_now",
 ]
 
 #: In a data dir: how far `serve --dev-clock` has moved ahead of the wall clock, `{"aheadSeconds": N}`
@@ -22,6 +23,11 @@ DEV_CLOCK_FILE = "dev-clock.json"
 def utc_now() -> datetime:
     """The wall clock as an aware UTC datetime."""
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """`moment`, taken as UTC where it names no zone (a store's or a state's naive times are UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Clock(Protocol):

@@ -8,9 +8,10 @@ answers every key (lowercase) for the evaluator, deriving principal, key and tim
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from keytrail.clock import as_utc
 from keytrail.kms.context import CallContext, IdentityType
 from keytrail.kms.errors import InvalidGrantTokenException
 from keytrail.kms.grants import parse_grant_token
@@ -189,14 +190,11 @@ def trailing_days_without_use(key: Key, now: datetime, tracking_start: datetime 
     if last is not None:
         since = last.timestamp
     elif tracking_start is not None:
-        since = max(_utc(key.creation_date), _utc(tracking_start))
+        since = max(as_utc(key.creation_date), as_utc(tracking_start))
     else:
         since = key.creation_date
-    return max(0, int((_utc(now) - _utc(since)).total_seconds() // _DAY_SECONDS))
+    return max(0, int((as_utc(now) - as_utc(since)).total_seconds() // _DAY_SECONDS))
 
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # --- the request context -----------------------------------------------------------------------

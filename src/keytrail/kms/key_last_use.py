@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
+from keytrail.clock import as_utc
 from keytrail.kms.errors import KmsError
 from keytrail.kms.key_use import CRYPTO_OPERATIONS
 from keytrail.kms.model import CallRecord, KeyLastUsage, LastUsageSource
@@ -167,13 +168,9 @@ class SharedLastUsage:
     async def last_usage(self, key_arn: str) -> tuple[datetime | None, KeyLastUsage | None]:
         tracking_start, local = await self._local.last_usage(key_arn)
         shared = await self._store.get_last_use(*key_row(key_arn))
-        if shared is None or (local is not None and _utc(local.timestamp) >= shared.timestamp):
+        if shared is None or (local is not None and as_utc(local.timestamp) >= shared.timestamp):
             return tracking_start, local
         # Tracking began no later than a use some node tracked: this node's own may have begun after.
-        if tracking_start is not None and _utc(tracking_start) > shared.timestamp:
+        if tracking_start is not None and as_utc(tracking_start) > shared.timestamp:
             tracking_start = shared.timestamp
         return tracking_start, shared.usage
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

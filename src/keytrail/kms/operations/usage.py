@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
+from keytrail.clock import as_utc
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Operation, Response
 
@@ -22,10 +23,10 @@ async def get_key_last_usage(svc: KmsService, call: Call) -> Response:
         raise errors.UnsupportedOperationException("Key usage tracking is not running on this node.")
     tracking_start, last = await source.last_usage(key.arn)
     start = _tracking_start_of(key.creation_date, tracking_start)
-    if last is not None and _utc(last.timestamp) < start:
+    if last is not None and as_utc(last.timestamp) < start:
         # A use is whole seconds (its record's eventTime), a creation is not: a key used in the
         # second it was made read as used before its tracking began.
-        start = _utc(last.timestamp)
+        start = as_utc(last.timestamp)
     response: Response = {"KeyId": key.arn, "KeyCreationDate": key.creation_date, "TrackingStartDate": start}
     # "If the key has not been used since tracking began, this response element is an empty object."
     response["KeyLastUsage"] = {} if last is None else {
@@ -41,11 +42,8 @@ def _tracking_start_of(created: datetime, tracking_start: datetime | None) -> da
     after tracking began answered the node's tracking start, before the key existed. With nothing
     counted yet (None: a new node's first seconds) the key's creation: the node's audit log holds
     its every call since, the consumer has only not read them yet."""
-    return _utc(created) if tracking_start is None else max(_utc(created), _utc(tracking_start))
+    return as_utc(created) if tracking_start is None else max(as_utc(created), as_utc(tracking_start))
 
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 OPERATIONS: dict[str, Operation] = {"GetKeyLastUsage": Operation(get_key_last_usage, read_only=True)}
