@@ -20,12 +20,13 @@ from keytrail.audit.records import (
     EVENT_VERSION,
     KMS_INTERNAL,
     error_code,
+    origin,
     resource,
     scrub,
+    tls_details,
     user_identity,
 )
 from keytrail.audit.schema import EventCodec, SchemaError, avro_long, avro_optional, avro_string, is_key_arn
-from keytrail.kms.context import CallContext
 from keytrail.kms.model import CallRecord
 
 __all__ = ["CallEncoder"]
@@ -96,11 +97,11 @@ class CallEncoder:
         return b"".join((
             self._header, key_arn, optional(call.account), _EVENT_VERSION, avro_string(call.event_id),
             self._event_time(seconds), _EVENT_SOURCE, self._name(call.event_name), optional(call.region),
-            _KIND[call.event_type], _BOOLEAN[call.read_only], caller.columns, self._origin(context),
+            _KIND[call.event_type], _BOOLEAN[call.read_only], caller.columns, self._origin(call),
             _error(call), avro_optional(call.request_id), _pairs(parameters),
             caller.identity, _json(parameters), _json(scrub(call.response_elements)), _json(extra),
             _json(call.service_event_details), resources,
-            _json(context.tls_details) if context and context.tls_details else _NULL,
+            _json(tls_details(call)) if context and context.tls_details else _NULL,
             _shared(call.shared_event_id),
             optional(extra.get("keyMaterialId")) if extra else _NULL, caller.invoked_by,
         ))
@@ -131,15 +132,15 @@ class CallEncoder:
             self._second = (seconds, avro_long(seconds * 1000))
         return self._second[1]
 
-    def _origin(self, context: CallContext | None) -> bytes:
-        """sourceIPAddress, userAgent."""
-        if context is None:
+    def _origin(self, call: CallRecord) -> bytes:
+        """sourceIPAddress, userAgent (`records.origin`)."""
+        if call.context is None and call.invoked_by is None:
             return _SERVICE_ORIGIN
-        key = (context.source_ip, context.user_agent)
+        key = origin(call)
         cached = self._origins.get(key)
         if cached is not None:
             return cached
-        return _remember(self._origins, key, avro_optional(key[0]) + avro_optional(key[1][:_MAX_SHORT]))
+        return _remember(self._origins, key, avro_optional(key[0]) + avro_optional(key[1]))
 
     def _key_fields(self, arns: tuple[str, ...]) -> tuple[bytes, bytes]:
         """keyArn (the first key ARN: an alias operation lists its alias too) and resources."""

@@ -6,13 +6,14 @@ pages and the KMS "Logging AWS KMS API calls with AWS CloudTrail" examples.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from keytrail.kms.model import CallRecord
 
 if TYPE_CHECKING:
-    from keytrail.kms.context import CallContext, Principal
+    from keytrail.kms.context import Principal
 
 __all__ = [
     "EVENT_SOURCE",
@@ -21,8 +22,10 @@ __all__ = [
     "error_code",
     "format_event_time",
     "key_account",
+    "origin",
     "resource",
     "scrub",
+    "tls_details",
     "to_cloudtrail",
     "user_identity",
 ]
@@ -51,7 +54,7 @@ def to_cloudtrail(record: CallRecord) -> dict[str, Any]:
         "eventName": record.event_name,
         "awsRegion": record.region,
     }
-    event.update(_origin(record.context))
+    event["sourceIPAddress"], event["userAgent"] = origin(record)
     if record.error_code is not None:
         event["errorCode"] = error_code(record.error_code)
         if record.error_message:  # none for a message-less error (InvalidCiphertextException), as CloudTrail
@@ -74,8 +77,9 @@ def to_cloudtrail(record: CallRecord) -> dict[str, Any]:
     if record.service_event_details is not None:
         event["serviceEventDetails"] = record.service_event_details
     event["eventCategory"] = "Management"
-    if record.context is not None and record.context.tls_details:
-        event["tlsDetails"] = dict(record.context.tls_details)
+    details = tls_details(record)
+    if details is not None:
+        event["tlsDetails"] = dict(details)
     return event
 
 
@@ -95,10 +99,26 @@ def key_account(arn: str) -> str:
     return parts[4] if len(parts) > 4 else ""
 
 
-def _origin(context: CallContext | None) -> dict[str, str]:
+def origin(record: CallRecord) -> tuple[str, str]:
+    """sourceIPAddress and userAgent of `record`. A request a service makes (KMS's own, or the entry
+    KMS writes in another Region for a caller: invokedBy) names the service in both, as CloudTrail
+    writes every record a service makes for a principal (invokedBy config.amazonaws.com, AWS
+    Internal), not the caller's address and program."""
+    if record.invoked_by is not None:
+        return record.invoked_by, record.invoked_by
+    context = record.context
     if context is None:
-        return {"sourceIPAddress": KMS_INTERNAL, "userAgent": KMS_INTERNAL}
-    return {"sourceIPAddress": context.source_ip, "userAgent": context.user_agent[:_MAX_SHORT]}
+        return KMS_INTERNAL, KMS_INTERNAL
+    return context.source_ip, context.user_agent[:_MAX_SHORT]
+
+
+def tls_details(record: CallRecord) -> Mapping[str, str] | None:
+    """tlsDetails of `record`: the caller's TLS session, for the calls it sent itself (not for an
+    entry KMS writes for it, invokedBy: KMS made that request)."""
+    context = record.context
+    if context is None or record.invoked_by is not None or not context.tls_details:
+        return None
+    return context.tls_details
 
 
 def user_identity(record: CallRecord) -> dict[str, Any]:

@@ -158,6 +158,7 @@ async def test_multi_region_conditions_and_synchronize_events(
         "multiRegion": True,
     }
     assert created[0]["requestID"] == called["requestID"] and created[0]["eventID"] != called["eventID"]
+    assert (created[0]["sourceIPAddress"], created[0]["userAgent"]) == ("kms.amazonaws.com", "kms.amazonaws.com")
     assert (created[0]["readOnly"], created[0]["recipientAccountId"]) == (False, ACCOUNT)
     await call.svc.run_due()  # the replica leaves Creating
     synced = {(r.region, r.resources) for r in recorder.events("SynchronizeMultiRegionKey")}
@@ -186,7 +187,10 @@ async def test_multi_region_conditions_and_synchronize_events(
     assert echoed["requestParameters"] == {"keyId": new_primary, "primaryRegion": "eu-west-1"}
     assert (echoed["responseElements"], "resources" in echoed) == ({"keyId": new_primary}, False)
     assert echoed["requestID"] == called["requestID"] and echoed["eventID"] != called["eventID"]
-    assert (echoed["eventType"], echoed["sourceIPAddress"]) == ("AwsApiCall", called["sourceIPAddress"])
+    # KMS makes that request, for the caller: CloudTrail names the service as its origin.
+    assert (echoed["eventType"], echoed["sourceIPAddress"], echoed["userAgent"]) == (
+        "AwsApiCall", "kms.amazonaws.com", "kms.amazonaws.com")
+    assert called["sourceIPAddress"] != "kms.amazonaws.com"
     # KMS's entry for the caller comes before its own SynchronizeMultiRegionKey calls (as
     # ReplicateKey's CreateKey does), and the call's own record after what its write owed.
     moved = [(r.event_name, r.region) for r in recorder.records[-4:]]

@@ -40,6 +40,7 @@ def _cases() -> list[CallRecord]:
         # The entry KMS writes for a caller's call in another Region (UpdatePrimaryRegion's).
         replace(plain, invoked_by="kms.amazonaws.com"),
         replace(encrypt_call(10, APP), invoked_by="kms.amazonaws.com"),
+        replace(plain, context=replace(plain.context, tls_details=TLS), invoked_by="kms.amazonaws.com"),
         CallRecord(event_id="rot", event_name="RotateKey", event_time=T0, region="us-east-1", account=ACCOUNT,
                    context=None, request_parameters=None, resources=(KEY_ARN,),
                    service_event_details={"rotationType": "AUTOMATIC", "keyOrigin": "AWS_KMS"}),

@@ -106,3 +106,21 @@ def test_nothing_secret_reaches_the_record() -> None:
     for secret in ("c2VjcmV0LXBsYWludGV4dA==", "AQICAHg=", "LS0tLS1CRUdJTg==", "plaintext", "ciphertextBlob"):
         assert secret not in text
     assert "alias/app" in text
+
+
+def test_an_entry_kms_writes_for_a_caller_comes_from_kms() -> None:
+    # ReplicateKey's CreateKey in the replica's Region and UpdatePrimaryRegion's entry in the new
+    # primary's are requests KMS makes there for the caller (invokedBy): CloudTrail names the
+    # service, not the caller's address, program or TLS session, as in every record a service
+    # makes for a principal (invokedBy config.amazonaws.com, AWS Internal: aws_documented_examples).
+    from dataclasses import replace
+
+    record = encrypt_call(12)
+    assert record.context is not None
+    tls = {"tlsVersion": "TLSv1.3", "cipherSuite": "TLS_AES_128_GCM_SHA256", "clientProvidedHostHeader": "kms.local"}
+    called = replace(record, context=replace(record.context, secure_transport=True, tls_details=tls))
+    event = to_cloudtrail(replace(called, invoked_by="kms.amazonaws.com"))
+    assert event["userIdentity"]["invokedBy"] == "kms.amazonaws.com"
+    assert (event["sourceIPAddress"], event["userAgent"]) == ("kms.amazonaws.com", "kms.amazonaws.com")
+    assert "tlsDetails" not in event
+    assert to_cloudtrail(called)["tlsDetails"] == tls  # the call's own record keeps them
