@@ -410,6 +410,23 @@ def test_a_principal_with_a_wildcard_inside_is_refused(alice: Any) -> None:
                        f"Statement 2 names '{users}' (a wildcard cannot match part of a principal ARN).")
 
 
+def test_a_principal_no_iam_identity_can_be_is_refused(alice: Any, bob: Any) -> None:
+    # A Deny meant for "whoever calls" written with a policy variable names a user called
+    # `${aws:username}`: no one. AWS refuses a principal that does not exist; keytrail took it and bob
+    # went on decrypting.
+    key = new_key(alice, policy(statement(BOB, USE)))
+    variable = f"arn:aws:iam::{ACCOUNT}:user/${{aws:username}}"
+    code, message = error_of(alice.put_key_policy, KeyId=key, PolicyName="default",
+                             Policy=policy(statement(BOB, USE), statement(variable, "kms:Decrypt", "Deny")))
+    assert (code, message) == ("MalformedPolicyDocumentException", "Policy contains a statement with one or more "
+                               f"invalid principals. Statement 3 names '{variable}' (a policy variable is no "
+                               "principal: variables work in Resource and Condition only).")
+    assert len(json.loads(alice.get_key_policy(KeyId=key)["Policy"])["Statement"]) == 2  # unchanged
+    spaced = f"arn:aws:iam::{ACCOUNT}:user/bob smith"
+    assert error_of(alice.create_key, Policy=policy(statement(spaced, USE)))[1].endswith(
+        f"names '{spaced}' (an IAM name has only letters, digits and +=,.@_-, at most 64 of them).")
+
+
 @pytest.mark.parametrize("name", ["bob", f"arn:aws:iam::{ACCOUNT}:group/admins"])
 def test_a_principal_that_names_no_principal_is_refused_in_awss_words(alice: Any, name: str) -> None:
     # AWS's message for a Principal it cannot use, as CreateKey and PutKeyPolicy callers quote it:

@@ -19,7 +19,7 @@ from keytrail.kms.policy_document import (
     check_characters,
     check_condition_values,
     check_key_policy_elements,
-    check_principal_wildcards,
+    check_principals,
     check_set_operators,
     compile_policy,
     parse_policy,
@@ -73,7 +73,7 @@ def validate_key_policy(
     doc = parse_policy(text, "key")
     check_characters(text, doc)
     check_key_policy_elements(doc)
-    check_principal_wildcards(doc)
+    check_principals(doc)
     check_set_operators(doc)
     check_condition_values(doc)
     check_lockout(doc, principal, bypass=bypass, call=call, now=now, resource=key_arn, key=key)

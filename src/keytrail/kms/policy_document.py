@@ -29,7 +29,7 @@ __all__ = [
     "check_characters",
     "check_condition_values",
     "check_key_policy_elements",
-    "check_principal_wildcards",
+    "check_principals",
     "check_set_operators",
     "compile_policy",
     "is_aws_principal",
@@ -213,9 +213,11 @@ def _validate_principal(statement: Mapping[str, Any], where: str, kind: PolicyKi
                 raise _invalid_principal(where, f"names {name!r}")
 
 
-def check_principal_wildcards(doc: Mapping[str, Any]) -> None:
-    """Refuse `*` or `?` inside a principal ARN ("You cannot use a wildcard to match part of a
-    principal name or ARN"): such a principal matches no caller, so a Deny naming it would
+def check_principals(doc: Mapping[str, Any]) -> None:
+    """Refuse a principal ARN that can name no principal: with `*` or `?` inside ("You cannot use
+    a wildcard to match part of a principal name or ARN"), or with a name IAM would never give a
+    user, role or session (`user/bob smith`, `user/${aws:username}`). AWS refuses such a principal
+    as it does any that does not exist; stored, it would match no caller, so a Deny naming it would
     silently protect nothing. And refuse NotPrincipal in an Allow: IAM supports it only with Deny
     (an Allow to everyone not named is how a key goes public by accident). Checked when a policy
     is set, not when a stored one is read (the evaluator lets such a stored statement grant nothing)."""
@@ -227,9 +229,39 @@ def check_principal_wildcards(doc: Mapping[str, Any]) -> None:
         if not isinstance(value, dict):
             continue
         for name in _list(value.get("AWS", [])):
-            if name != "*" and ("*" in name or "?" in name):
-                raise _invalid_principal(_where(statement, index),
-                                         f"names {name!r} (a wildcard cannot match part of a principal ARN)")
+            problem = None if name == "*" else _unnameable(name)
+            if problem is not None:
+                raise _invalid_principal(_where(statement, index), f"names {name!r} ({problem})")
+
+
+# IAM's names: a user's or role's (CreateUser, CreateRole), a role session's (AssumeRole's
+# RoleSessionName), a federated user's (GetFederationToken's Name): letters, digits and +=,.@_-,
+# at most 64 characters. A path between (`user/staff/bob`) is printable ASCII without blanks.
+_IAM_NAME = re.compile(r"[\w+=,.@-]{1,64}", re.ASCII)
+_IAM_PATH = re.compile(r"[!-~]*")
+_NAME_RULE = "an IAM name has only letters, digits and +=,.@_-, at most 64 of them"
+
+
+def _unnameable(name: str) -> str | None:
+    """Why the AWS principal `name` (an account id or an ARN `is_aws_principal` takes) can name no
+    principal, or None."""
+    if "*" in name or "?" in name:
+        return "a wildcard cannot match part of a principal ARN"
+    if "${" in name:
+        return "a policy variable is no principal: variables work in Resource and Condition only"
+    if _ACCOUNT.fullmatch(name):
+        return None
+    kind, _, rest = name.split(":", 5)[-1].partition("/")
+    if kind == "assumed-role":
+        names = rest.split("/")
+        if len(names) != 2:
+            return "a role session is assumed-role/<role name>/<session name>, without the role's path"
+    else:  # root has no rest; user/, role/, federated-user/ end in a name, maybe after a path
+        path, _, last = rest.rpartition("/")
+        if not _IAM_PATH.fullmatch(path):
+            return "an IAM path is printable ASCII without blanks"
+        names = [last] if rest else []
+    return None if all(_IAM_NAME.fullmatch(part) for part in names) else _NAME_RULE
 
 
 # The only Resource a key policy accepts: the key it is attached to (AWS Health notice of May 2025,

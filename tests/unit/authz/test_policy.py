@@ -167,6 +167,43 @@ def test_a_wildcard_inside_a_principal_arn_is_refused_when_the_policy_is_set(nam
     compile_policy(text)  # a stored policy that has one still loads: the principal matches no one
 
 
+NAME_RULE = "an IAM name has only letters, digits and +=,.@_-, at most 64 of them"
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    (f"arn:aws:iam::{ACCOUNT}:user/bob smith", NAME_RULE),
+    (f"arn:aws:iam::{ACCOUNT}:role/" + "r" * 65, NAME_RULE),
+    (f"arn:aws:iam::{ACCOUNT}:role/ops/", NAME_RULE),
+    (f"arn:aws:iam::{ACCOUNT}:user/pay ments/bob", "an IAM path is printable ASCII without blanks"),
+    (f"arn:aws:sts::{ACCOUNT}:assumed-role/app/session one", NAME_RULE),
+    (f"arn:aws:sts::{ACCOUNT}:assumed-role/service-role/app/session",
+     "a role session is assumed-role/<role name>/<session name>, without the role's path"),
+    (f"arn:aws:iam::{ACCOUNT}:user/${{aws:username}}",
+     "a policy variable is no principal: variables work in Resource and Condition only"),
+])
+def test_a_principal_arn_no_iam_identity_can_have_is_refused_when_the_policy_is_set(name: str, problem: str) -> None:
+    # AWS refuses a principal that does not exist, and none has such a name: stored, the Deny
+    # would match no caller and protect nothing (the principals file refuses such names too).
+    statement = {**OK_STATEMENT, "Effect": "Deny", "Principal": {"AWS": name}}
+    text = json.dumps({"Version": "2012-10-17", "Statement": [{**OK_STATEMENT, "Principal": {"AWS": "*"}}, statement]})
+    with pytest.raises(MalformedPolicyDocumentException) as info:
+        validate_key_policy(text, root(), bypass=True)
+    assert info.value.message == ("Policy contains a statement with one or more invalid principals. "
+                                  f"Statement 2 names {name!r} ({problem}).")
+    compile_policy(text)  # a stored policy that has one still loads: the principal matches no one
+
+
+@pytest.mark.parametrize("name", [
+    ACCOUNT, f"arn:aws:iam::{ACCOUNT}:root", f"arn:aws:iam::{ACCOUNT}:user/staff/a+b=c,d.e@f_g-h",
+    f"arn:aws:iam::{ACCOUNT}:role/service-role/{'r' * 64}", f"arn:aws:sts::{ACCOUNT}:assumed-role/app/i-0abc@corp",
+    f"arn:aws:sts::{ACCOUNT}:federated-user/fed", f"arn:aws-cn:iam::{ACCOUNT}:user/bob",
+])
+def test_every_principal_arn_iam_can_name_is_accepted(name: str) -> None:
+    statement = {**OK_STATEMENT, "Principal": {"AWS": name}}
+    text = json.dumps({"Version": "2012-10-17", "Statement": [OK_STATEMENT, statement]})
+    assert validate_key_policy(text, root(), bypass=True)["Statement"][1] == statement
+
+
 def test_a_policy_nested_deeper_than_the_json_reader_goes_is_malformed_not_an_internal_error() -> None:
     # 32 KB of `[` nest far deeper than json's parser recurses: it raised RecursionError, which
     # PutKeyPolicy answered with a 500 KMSInternalException (and the principals file with a traceback).
