@@ -34,6 +34,7 @@ __all__ = [
     "compile_policy",
     "is_aws_principal",
     "parse_policy",
+    "unnameable_principal",
     "validate_policy",
 ]
 
@@ -229,7 +230,7 @@ def check_principals(doc: Mapping[str, Any]) -> None:
         if not isinstance(value, dict):
             continue
         for name in _list(value.get("AWS", [])):
-            problem = None if name == "*" else _unnameable(name)
+            problem = None if name == "*" else unnameable_principal(name)
             if problem is not None:
                 raise _invalid_principal(_where(statement, index), f"names {name!r} ({problem})")
 
@@ -242,7 +243,7 @@ _IAM_PATH = re.compile(r"[!-~]*")
 _NAME_RULE = "an IAM name has only letters, digits and +=,.@_-, at most 64 of them"
 
 
-def _unnameable(name: str) -> str | None:
+def unnameable_principal(name: str) -> str | None:
     """Why the AWS principal `name` (an account id or an ARN `is_aws_principal` takes) can name no
     principal, or None."""
     if "*" in name or "?" in name:

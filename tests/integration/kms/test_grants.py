@@ -152,7 +152,8 @@ def test_a_grantee_or_retiring_principal_that_names_no_principal_is_invalid_arn(
     # AWS resolves both principals of a grant and refuses one that names none: InvalidArnException
     # "ARN does not refer to a valid principal: <arn>", as callers of CreateGrant quote it.
     key_id = kms.create_key()["KeyMetadata"]["KeyId"]
-    for bad in ("not-an-arn", f"arn:aws:iam::{ACCOUNT}:group/admins", "arn:aws:s3:::bucket"):
+    for bad in ("not-an-arn", f"arn:aws:iam::{ACCOUNT}:group/admins", "arn:aws:s3:::bucket",
+                f"arn:aws:iam::{ACCOUNT}:user/ops/", f"arn:aws:sts::{ACCOUNT}:assumed-role/service-role/app/s"):
         for principals in ({"GranteePrincipal": bad}, {"GranteePrincipal": BOB, "RetiringPrincipal": bad}):
             code, message, status = aws_error(kms.create_grant, KeyId=key_id, Operations=["Decrypt"], **principals)
             assert (code, message, status) == ("InvalidArnException",

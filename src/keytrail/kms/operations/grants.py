@@ -28,7 +28,7 @@ from keytrail.kms.grants import (
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeyState
 from keytrail.kms.paging import dated_position, page, page_limit, paged
-from keytrail.kms.policy_document import is_aws_principal
+from keytrail.kms.policy_document import is_aws_principal, unnameable_principal
 from keytrail.kms.store import Grant, grant_position
 
 if TYPE_CHECKING:
@@ -87,11 +87,18 @@ def _require_principals(params: dict[str, Any]) -> None:
     """A grantee or retiring principal must name an AWS principal. AWS resolves both and refuses
     one that names none with InvalidArnException "ARN does not refer to a valid principal: <arn>"
     (its words, as callers of CreateGrant quote them); a grant to a group, a bucket or a typo
-    would otherwise be kept and listed, yet allow no caller anything."""
+    would otherwise be kept and listed, yet allow no caller anything. So would a grant to a name
+    no IAM identity can have (`user/ops/`, a session ARN with its role's path), which the API's
+    pattern lets through."""
     for name in ("GranteePrincipal", "RetiringPrincipal"):
         value = params.get(name)
-        if value is not None and not (is_aws_principal(value) or _SERVICE_PRINCIPAL.fullmatch(value)):
+        if value is not None and not (_names_principal(value) or _SERVICE_PRINCIPAL.fullmatch(value)):
             raise errors.InvalidArnException(f"ARN does not refer to a valid principal: {value}")
+
+
+def _names_principal(value: str) -> bool:
+    """An account id or principal ARN as a key policy may name one (policy_document.py)."""
+    return is_aws_principal(value) and unnameable_principal(value) is None
 
 
 def _require_one_of(params: dict[str, Any], principal: str, service_principal: str, verb: str) -> None:
