@@ -122,6 +122,7 @@ class Child:
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0  # unexpected exits restarted after (for /metrics)
         self._stopping = False
+        self._restart_asked = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -143,6 +144,9 @@ class Child:
                 self.spec.on_exit()
             if self._stopping:
                 return
+            if self._restart_asked:  # `restart`: no crash to say, count or back off from
+                self._restart_asked = False
+                continue
             # A child that ran a while crashed on something new: restart it soon again.
             backoff = self.spec.first_backoff if loop.time() - started > self.spec.max_backoff else backoff
             log.warning("%s child %s; restarting in %.1f s", self.spec.name, ended, backoff)
@@ -205,6 +209,16 @@ class Child:
                 pending, skipping = b"", True
         if pending and not skipping:
             on_line(pending)
+
+    def restart(self) -> None:
+        """Stop the running child as `stop` does and start it again at once (it reads its settings
+        anew): asked for, so neither a restart in the log and /metrics nor a backoff. A child between
+        two runs starts on its own, anew too."""
+        process = self.process
+        if self._stopping or process is None or process.returncode is not None:
+            return
+        self._restart_asked = True
+        self._ask_to_stop(process)
 
     async def stop(self, timeout: float | None = None) -> None:
         """SIGTERM (or the end of its stdin: `stops_at_end_of_input`), then SIGKILL after `timeout`

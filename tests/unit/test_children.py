@@ -233,3 +233,19 @@ async def test_a_child_of_its_own_session_is_in_neither_of_serves_groups() -> No
     code = "import os; print(os.getsid(0), os.getpgid(0), os.getpid())"
     session, group, pid = map(int, await _first_line(_python(code)))
     assert session == group == pid != os.getsid(0)
+
+
+async def test_a_restart_asked_for_starts_the_child_again_at_once_and_is_no_crash(
+        caplog: pytest.LogCaptureFixture) -> None:
+    runs: list[bytes] = []
+    child = Child(ChildSpec("waiting", _python("import time; print('up', flush=True); time.sleep(60)"), runs.append,
+                            first_backoff=30.0))  # a crash's restart would wait 30 s
+    child.start()
+    await _wait_until(lambda: len(runs) == 1)
+    first = child.process
+    child.restart()
+    await _wait_until(lambda: len(runs) == 2)
+    await child.stop()
+    assert len(runs) == 2 and child.process is not first
+    assert first is not None and first.returncode == -15  # SIGTERM, as `stop` ends it
+    assert child.restarts == 0 and "restarting" not in caplog.text

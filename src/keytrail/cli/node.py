@@ -32,8 +32,10 @@ from keytrail.children import Child, ChildSpec
 from keytrail.cli.console import os_problem
 from keytrail.cli.detect import detector_settings
 from keytrail.cli.health import HEALTH_PARTS, NodeHealth, StoreProbe
+from keytrail.cli.hook_secrets import hook_environment
 from keytrail.cli.key_store import open_store
 from keytrail.cli.metrics_endpoint import render_alarm_counts, render_detector_lag, render_readers_held
+from keytrail.cli.settings_reload import SettingsReload
 from keytrail.cli.sidecar import consumer_lock, detector_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live, judged_up_to
 from keytrail.clock import DEV_CLOCK_FILE, Clock, ManualClock, SystemClock, dev_clock_ahead, utc_now
@@ -78,8 +80,8 @@ from keytrail.pipeline.prometheus import MetricsExposition, render_family, rende
 from keytrail.pipeline.query import MetricsStore
 from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION
 
-__all__ = ["ConsumerRunning", "DetectorRunning", "Node", "StartFailed", "build_node", "reload_principals", "start_node",
-           "stop_node"]
+__all__ = ["ConsumerRunning", "DetectorRunning", "Node", "StartFailed", "build_node", "reload_files",
+           "reload_principals", "start_node", "stop_node"]
 
 log = logging.getLogger("keytrail")
 
@@ -197,6 +199,7 @@ class Node:
     started: float = field(default_factory=time.time)
     # On a key store several nodes share: the keys' uses of this node's calls, not yet written there.
     uses: UseOutbox | None = None
+    settings_reload: SettingsReload | None = None  # with --config and a detector: SIGHUP reads it again
 
 
 def _authorizer(clock: Clock) -> Authorizer:
@@ -644,7 +647,7 @@ async def _stop_in_lifespan(node: Node) -> None:
 async def _start(node: Node) -> None:
     loop = asyncio.get_running_loop()
     with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, reload_principals, node.app.credentials)
+        loop.add_signal_handler(signal.SIGHUP, reload_files, node)
     if node.audit is not None:
         with _part("the audit trail"):
             await node.audit.start()
@@ -707,6 +710,7 @@ def _start_consumers(node: Node) -> None:
         node.consumer_task = asyncio.create_task(_consume_in_process(node.consumer))
         if node.settings.detector:
             _start_detector(node)
+            _reload_settings_with(node, None)
         return
     if node.settings.detector:
         _remember_delivered(node)
@@ -715,6 +719,13 @@ def _start_consumers(node: Node) -> None:
                                                       functools.partial(_reader_held, node))]
     for child in node.children:
         child.start()
+    _reload_settings_with(node, next((child for child in node.children if child.spec.name == "detector"), None))
+
+
+def _reload_settings_with(node: Node, detector: Child | None) -> None:
+    """Have SIGHUP read the --config file again, for `detector` (None: the detector runs in serve)."""
+    if node.settings.config is not None and node.settings.detector:
+        node.settings_reload = SettingsReload(node.settings.config, detector)
 
 
 def _remember_delivered(node: Node) -> None:
@@ -757,7 +768,7 @@ async def _consume_in_process(consumer: MetricsConsumer) -> None:
 
 def _start_detector(node: Node) -> None:
     settings = node.settings
-    rules, hooks = detector_settings(settings.config)
+    rules, hooks = detector_settings(settings.config, environment=hook_environment(settings.hook_secrets))
     hooks = hooks.with_flags(mqtt=settings.mqtt, kafka=settings.kafka)
     credentials = node.app.credentials  # its organizations as serve's SIGHUP last read them
     runner = DetectorRunner.open(settings.data_dir, hooks=hooks, rules=rules, clock=node.clock,
@@ -823,6 +834,14 @@ def _readers_held(node: Node) -> str:
     if node.settings.detector:
         held["detector"] = node.readers_held.get("detector")
     return render_readers_held(held)
+
+
+def reload_files(node: Node) -> None:
+    """SIGHUP: the principals file read again, then the settings file (--config), each saying in
+    the log whether it was."""
+    reload_principals(node.app.credentials)
+    if node.settings_reload is not None:
+        node.settings_reload()
 
 
 def reload_principals(credentials: CredentialStore) -> None:
