@@ -166,7 +166,9 @@ def _validate_statement(statement: Any, index: int, kind: PolicyKind) -> None:
             _validate_actions(statement[name], where, name)
     for name in ("Resource", "NotResource"):
         if name in statement:
-            _strings(statement[name], where, name)
+            resources = _strings(statement[name], where, name)
+            if kind == "identity":
+                _require_arns(resources, where, name)
     _validate_principal(statement, where, kind)
     if "Condition" in statement:
         _validate_condition(statement["Condition"], where)
@@ -191,6 +193,16 @@ def _validate_actions(value: Any, where: str, name: str) -> None:
     for action in _strings(value, where, name):
         if not _ACTION.fullmatch(action):
             raise _malformed(f"Policy {where}: {name} {action!r} is not a valid action (service:Action).")
+
+
+def _require_arns(resources: list[str], where: str, name: str) -> None:
+    """IAM refuses an identity policy whose Resource is neither "*" nor an ARN (`Resource alias/prod
+    must be in ARN format or "*"`): a key id or alias name there is matched against key ARNs and
+    never matches, so a Deny written with one would protect nothing. (A key policy's Resource is
+    "*" alone, checked when it is set: `check_key_policy_elements`.)"""
+    for resource in resources:
+        if resource != "*" and not resource.startswith("arn:"):
+            raise _malformed(f'Policy {where}: {name} {resource} must be in ARN format or "*".')
 
 
 def _validate_principal(statement: Mapping[str, Any], where: str, kind: PolicyKind) -> None:

@@ -141,6 +141,10 @@ def test_organization_mistakes_are_one_line(tmp_path: Path, text: str, message: 
     (ALICE + "policies = ['{\"Statement\": 5}']\n", "policy 1: The policy Statement must be an object"),
     (ALICE + "policies = ['''" + ALLOW.replace('"Resource"', '"Principal": "*", "Resource"') + "''']\n",
      "identity-based policies cannot contain Principal"),
+    # IAM refuses a Resource that is no ARN: a key id or an alias name is matched against key ARNs,
+    # so this Deny was taken and protected nothing.
+    (ALICE + "policies = ['" + ALLOW.replace("Allow", "Deny").replace('"*"}', '"alias/prod"}') + "']\n",
+     'principal #1: policy 1: Policy statement 1: Resource alias/prod must be in ARN format or "*".'),
     # Tags IAM would refuse could be on no real user or role: a policy on aws:PrincipalTag written
     # against them would hold here and nowhere else.
     (ALICE + 'tags = ["team"]\n', "principal #1: 'tags' must be a table of strings"),

@@ -138,6 +138,17 @@ def test_a_stored_key_policy_statement_without_action_or_resource_loads_and_appl
         assert f"exactly one of {missing} or Not{missing}" in malformed({"Statement": [identity]}, "identity")
 
 
+@pytest.mark.parametrize("resource", ["alias/prod", "1234abcd-12ab-34cd-56ef-1234567890ab", ["*", "kms:*"]])
+def test_an_identity_policy_resource_is_an_arn_or_star(resource: Any) -> None:
+    # IAM's check: a key id or alias name is no resource ARN and would match no request.
+    statement = {"Effect": "Deny", "Action": "kms:Decrypt", "NotResource": resource}
+    shown = resource if isinstance(resource, str) else resource[1]
+    assert malformed(doc(statement), "identity") == (
+        f'Policy statement 1: NotResource {shown} must be in ARN format or "*".')
+    allowed = {"Effect": "Allow", "Action": "kms:*", "Resource": ["*", "arn:aws:kms:*:111122223333:key/*"]}
+    assert parse_policy(json.dumps(doc(allowed)), "identity")["Statement"] == [allowed]
+
+
 def test_size_limit_is_32_kb() -> None:
     padding = "x" * (MAX_POLICY_BYTES + 1)
     assert "32 KB" in malformed(json.dumps({"Statement": [{**OK_STATEMENT, "Sid": padding}]}))
