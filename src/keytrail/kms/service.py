@@ -81,6 +81,9 @@ OriginDiscarder = Callable[["KmsService", Key], Awaitable[None]]
 # period over): AWS makes a best effort to delete a CloudHSM key store key's material from its
 # cluster. Same shape and promise as OriginDiscarder: it logs what it could not remove, raises nothing.
 OriginDeleter = OriginDiscarder
+# Held by CreateKey from making a key's first material in its origin to saving the key: what the origin
+# read to make it (a custom key store CONNECTED) stays so, on every node, until the key is saved.
+OriginLock = Callable[["KmsService", Key], AbstractAsyncContextManager[None]]
 
 
 def _uncounted(refusal: Exception) -> None:
@@ -120,6 +123,7 @@ class KmsService:
         self.origin_creators: dict[Origin, OriginCreator] = {}
         self.origin_discarders: dict[Origin, OriginDiscarder] = {}
         self.origin_deleters: dict[Origin, OriginDeleter] = {}
+        self.origin_locks: dict[Origin, OriginLock] = {}
         self.ciphers: dict[str, KeyCipher] = {"symmetric": SymmetricCipher(), "asymmetric": RsaCipher()}
         # Work of each scheduler tick besides the keys' due work (an extension's upkeep: the HSM
         # sessions of stores another node disconnected); one that fails is logged, and runs again

@@ -184,3 +184,47 @@ async def test_a_store_a_dead_node_left_connecting_is_failed_by_another_nodes_ti
 async def _state(node: Node, store_id: str) -> tuple[str, str | None]:
     [entry] = (await node("DescribeCustomKeyStores", CustomKeyStoreId=store_id))["CustomKeyStores"]
     return entry["ConnectionState"], entry.get("ConnectionErrorCode")
+
+
+async def _waiting_for_a_lock(dsn: str) -> bool:
+    """Whether a session of the test's database waits for an advisory lock another one holds."""
+    return bool(await fetch_value(dsn, f"SELECT count(*) {_ADVISORY} AND NOT granted"))
+
+
+async def test_a_key_made_while_another_node_disconnects_and_deletes_its_store_is_in_the_store_and_unavailable(
+    dsn: str, hsm: SoftHsm, clusters: Iterator[str], trust_anchor: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A CreateKey read the store CONNECTED and made the backing key, while the other node's Disconnect
+    # made the store's keys (this one not yet saved) Unavailable and its Delete found no key: the key
+    # was saved Enabled, in a store that no longer existed, for good (the run in serve, on PostgreSQL:
+    # four Deletes of six succeeded). The CreateKey now holds the account's custom key store lock from
+    # reading the store to saving the key, which Disconnect and Delete wait for.
+    monkeypatch.setenv(TIMEOUT_ENV, "60")  # the generation below is held, not given up on
+    faults = flaky_logins(monkeypatch)
+    root, clock, cluster = RootKey(os.urandom(32)), ManualClock(NOW), next(clusters)
+    first = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    second = Node(await PostgresStore.connect(dsn, root), clock, "us-east-1")
+    try:
+        store_id = await _connected_store(first, "deleted", cluster, trust_anchor)
+        faults.hang("C_GenerateKey")
+        creating = asyncio.create_task(first("CreateKey", Origin="AWS_CLOUDHSM", CustomKeyStoreId=store_id))
+        await eventually(faults.holding.is_set, what="the first node's C_GenerateKey (held)")
+
+        async def disconnect_and_delete() -> None:
+            await second("DisconnectCustomKeyStore", CustomKeyStoreId=store_id)
+            await second("DeleteCustomKeyStore", CustomKeyStoreId=store_id)
+
+        removing = asyncio.create_task(disconnect_and_delete())
+        while not removing.done() and not await _waiting_for_a_lock(dsn):
+            await asyncio.sleep(0.01)
+        faults.hold.set()
+        key_id = (await creating)["KeyMetadata"]["KeyId"]
+        with pytest.raises(errors.CustomKeyStoreHasCMKsException):
+            await removing
+        [entry] = (await second("DescribeCustomKeyStores", CustomKeyStoreId=store_id))["CustomKeyStores"]
+        assert entry["ConnectionState"] == "DISCONNECTED"
+        assert (await second("DescribeKey", KeyId=key_id))["KeyMetadata"]["KeyState"] == "Unavailable"
+    finally:
+        faults.hold.set()
+        await first.store.close()
+        await second.store.close()

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STORES_LOCK", "as_its_store_leaves_it", "connections_of", "create_hsm_key", "delete_hsm_key",
            "discard_hsm_key", "find_store", "keys_in", "name_the_cluster", "note_backing_key", "random_from_store",
-           "set_availability", "store_named", "stores_of"]
+           "set_availability", "store_named", "stores_locked", "stores_of"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -59,6 +60,16 @@ async def find_store(svc: KmsService, call: Call, store_id: str) -> CustomKeySto
     if found is None:
         raise errors.CustomKeyStoreNotFoundException(f"Custom key store {store_id} does not exist.")
     return found
+
+
+def stores_locked(svc: KmsService, key: Key) -> AbstractAsyncContextManager[None]:
+    """CreateKey's OriginLock for a key in a custom key store: the lock every change of the account's
+    stores in the Region holds. A Disconnect or a Delete (of any node) then comes wholly before the key
+    is made, which finds the store no longer CONNECTED, or wholly after it is saved, and finds the key
+    (Unavailable; no store deleted under it). Read before, the store was seen CONNECTED while another
+    node's Disconnect passed over the keys and its Delete found none, and the key was saved Enabled, in
+    a store that no longer existed."""
+    return svc.store.key_lock(key.account, key.region, STORES_LOCK)
 
 
 async def create_hsm_key(svc: KmsService, call: Call, key: Key) -> Key:

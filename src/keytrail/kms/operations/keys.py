@@ -3,8 +3,10 @@ ScheduleKeyDeletion, CancelKeyDeletion."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
+from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -127,13 +129,20 @@ async def create_key(svc: KmsService, call: Call) -> Response:
                             key_arn=arn, call=context, now=svc.now(), key=key)
     await require_key_room(svc, context.account, context.region)
     svc.check_dry_run(call)  # before the first material: a dry run must make no key in an HSM either
-    key = await _with_first_material(svc, call, key)
-    # Before the write: the record it owes (kms/owed_calls.py) names the key it made.
-    call.resource(key.arn)
-    metadata = key_metadata(key)
-    call.response_elements = {"keyMetadata": cloudtrail_values(metadata)}  # camelCase at every level, as CloudTrail
-    await _save_new_key(svc, key)
+    async with _origin_lock(svc, key):
+        key = await _with_first_material(svc, call, key)
+        # Before the write: the record it owes (kms/owed_calls.py) names the key it made.
+        call.resource(key.arn)
+        metadata = key_metadata(key)
+        call.response_elements = {"keyMetadata": cloudtrail_values(metadata)}  # camelCase at every level
+        await _save_new_key(svc, key)
     return {"KeyMetadata": metadata}
+
+
+def _origin_lock(svc: KmsService, key: Key) -> AbstractAsyncContextManager[None]:
+    """What the key's origin holds from its first material to its save (OriginLock); nothing for most."""
+    lock = svc.origin_locks.get(key.origin)
+    return lock(svc, key) if lock is not None else contextlib.nullcontext()
 
 
 async def _save_new_key(svc: KmsService, key: Key) -> None:

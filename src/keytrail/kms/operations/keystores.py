@@ -38,6 +38,7 @@ from keytrail.kms.operations.hsm_keys import (
     keys_in,
     name_the_cluster,
     set_availability,
+    stores_locked,
     stores_of,
 )
 from keytrail.kms.operations.hsm_upkeep import upkeep
@@ -74,6 +75,7 @@ def install(svc: KmsService) -> None:
     svc.origin_creators[Origin.AWS_CLOUDHSM] = create_hsm_key
     svc.origin_discarders[Origin.AWS_CLOUDHSM] = discard_hsm_key
     svc.origin_deleters[Origin.AWS_CLOUDHSM] = delete_hsm_key
+    svc.origin_locks[Origin.AWS_CLOUDHSM] = stores_locked
 
 
 def _invalid_state(store: CustomKeyStore, operation: str) -> errors.KmsError:
