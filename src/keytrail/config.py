@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["PROXIES_ENV", "STORE_ENV", "ServeSettings"]
@@ -40,6 +41,9 @@ class ServeSettings:
     kafka_partitions: int = 3
     kafka_replication_factor: int = 1
     max_unshipped_bytes: int = 1 << 30
+    # The webhook HMAC keys --config names by variable, taken out of serve's environment as it
+    # starts (cli/hook_secrets.py): name -> value.
+    hook_secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def principals_file(self) -> Path:

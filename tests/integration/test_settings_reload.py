@@ -116,3 +116,20 @@ def test_under_the_dev_clock_an_edited_settings_file_is_said_to_need_a_restart(t
 def _alarms(server: KeytrailServer) -> str:
     path = server.data_dir / "alarms.jsonl"
     return path.read_text() if path.exists() else ""
+
+
+def test_a_webhook_key_serve_took_from_its_environment_reads_again_after_sighup(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # serve takes the variable a webhook's secret_env names out of its environment, which its
+    # children inherit (cli/hook_secrets.py): the reload reads it from what serve took.
+    monkeypatch.setenv("KEYTRAIL_TEST_HOOK_KEY", "hook-key")
+    webhook = '[[hooks.webhook]]\nurl = "http://127.0.0.1:9/hook"\nsecret_env = "KEYTRAIL_TEST_HOOK_KEY"\n'
+    config = tmp_path / "settings.toml"
+    config.write_text(_DISABLED + webhook)
+    server = KeytrailServer(tmp_path / "data", "--config", str(config), dev_clock=False).start()
+    try:
+        config.write_text(_ENABLED + webhook)
+        line = _log_after(server, _hangup(server), "settings file")
+        assert f"settings file {config} reloaded" in line, line
+    finally:
+        assert server.stop() == 0

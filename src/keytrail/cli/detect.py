@@ -10,7 +10,7 @@ import signal
 import socket
 import tomllib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -518,9 +518,11 @@ def analyze_keys(
                              organization_of=organization_of or no_organization)
 
 
-def detector_settings(path: Path | None, *, delivering: bool = True) -> tuple[RuleSet, HooksConfig]:
+def detector_settings(path: Path | None, *, delivering: bool = True,
+                      environment: Mapping[str, str] | None = None) -> tuple[RuleSet, HooksConfig]:
     """Rules (`[rules.<id>]`) and hooks (`[hooks]`) from a settings file (docs/detection-rules.md);
-    `delivering`: False for a command that sends no alarm (see HooksConfig.from_settings)."""
+    `delivering`: False for a command that sends no alarm, `environment`: where webhooks' `secret_env`
+    are read (see HooksConfig.from_settings)."""
     from keytrail.detect import RuleSet
     from keytrail.detect.hooks import HooksConfig
 
@@ -538,7 +540,7 @@ def detector_settings(path: Path | None, *, delivering: bool = True) -> tuple[Ru
     if unknown := set(doc) - {"rules", "hooks"}:  # a misspelt [rule.…] table left its rule as it was
         raise BadInput(f"{path}: unknown table(s) or setting(s) {', '.join(sorted(unknown))} "
                        "(a settings file holds [rules.<id>] and [hooks])")
-    hooks = HooksConfig.from_settings(doc, delivering=delivering)
+    hooks = HooksConfig.from_settings(doc, delivering=delivering, environment=environment)
     # Checked as --kafka is: a typo would otherwise only show as failed deliveries of the first alarms.
     if problem := bootstrap_problem(hooks.kafka, "[hooks] kafka"):
         raise BadInput(problem)

@@ -32,6 +32,7 @@ from keytrail.children import Child, ChildSpec
 from keytrail.cli.console import os_problem
 from keytrail.cli.detect import detector_settings
 from keytrail.cli.health import HEALTH_PARTS, NodeHealth, StoreProbe
+from keytrail.cli.hook_secrets import hook_environment
 from keytrail.cli.key_store import open_store
 from keytrail.cli.metrics_endpoint import render_alarm_counts, render_detector_lag, render_readers_held
 from keytrail.cli.settings_reload import SettingsReload
@@ -724,7 +725,7 @@ def _start_consumers(node: Node) -> None:
 def _reload_settings_with(node: Node, detector: Child | None) -> None:
     """Have SIGHUP read the --config file again, for `detector` (None: the detector runs in serve)."""
     if node.settings.config is not None and node.settings.detector:
-        node.settings_reload = SettingsReload(node.settings.config, detector)
+        node.settings_reload = SettingsReload(node.settings.config, detector, node.settings.hook_secrets)
 
 
 def _remember_delivered(node: Node) -> None:
@@ -767,7 +768,7 @@ async def _consume_in_process(consumer: MetricsConsumer) -> None:
 
 def _start_detector(node: Node) -> None:
     settings = node.settings
-    rules, hooks = detector_settings(settings.config)
+    rules, hooks = detector_settings(settings.config, environment=hook_environment(settings.hook_secrets))
     hooks = hooks.with_flags(mqtt=settings.mqtt, kafka=settings.kafka)
     credentials = node.app.credentials  # its organizations as serve's SIGHUP last read them
     runner = DetectorRunner.open(settings.data_dir, hooks=hooks, rules=rules, clock=node.clock,

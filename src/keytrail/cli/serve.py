@@ -8,6 +8,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated
@@ -27,6 +28,7 @@ from keytrail.cli.console import (
     os_problem,
     path_option,
 )
+from keytrail.cli.hook_secrets import withdraw_hook_secrets
 from keytrail.cli.pending_announcement import DEV_CERTIFICATE, SIGNING_KEY
 from keytrail.cli.serve_checks import (
     check_config,
@@ -160,6 +162,7 @@ def serve(
                 tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
                 digest_interval_seconds=digest_interval, scheduler_interval_seconds=scheduler_interval,
                 retention_hours=retention_hours, retention_bytes=retention_bytes,
+                hook_secrets={},  # taken from the environment once --config is checked (_start)
                 **options_given(kafka_shipping),
             ), sockets, reload_asked)
         finally:
@@ -179,7 +182,7 @@ def _start(settings: ServeSettings, sockets: list[socket.socket], reload_asked: 
             check_no_kafka_consumer(settings)
             check_config(settings.config)
             check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
-            _run(settings, sockets, hold, reload_asked)
+            _run(replace(settings, hook_secrets=withdraw_hook_secrets(settings.config)), sockets, hold, reload_asked)
         finally:
             hold.release()
 

@@ -6,10 +6,12 @@ next restart of the child, after a crash, took the edit up unannounced."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from keytrail.children import Child
 from keytrail.cli.detect import BadInput, detector_settings
+from keytrail.cli.hook_secrets import hook_environment
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.rules import Rule, RuleError
 
@@ -26,15 +28,17 @@ class SettingsReload:
     """On SIGHUP: the settings file read again and, if what it sets changed, the detector child
     restarted on it; a file that no longer reads is one ERROR line, and the detector runs on."""
 
-    def __init__(self, path: Path, detector: Child | None) -> None:
+    def __init__(self, path: Path, detector: Child | None, withdrawn: Mapping[str, str]) -> None:
         """`detector`: serve's detector child; None where the detector runs in serve (--dev-clock),
-        which reads the file at start only."""
+        which reads the file at start only. `withdrawn`: the webhook keys serve took out of its
+        environment (cli/hook_secrets.py)."""
         self._path, self._detector = path, detector
-        self._settings: _Settings | None = _read_quietly(path)  # as serve checked it, near enough
+        self._environment = hook_environment(withdrawn)
+        self._settings: _Settings | None = _read_quietly(path, self._environment)  # as serve checked it, near enough
 
     def __call__(self) -> None:
         try:
-            settings = _read(self._path)
+            settings = _read(self._path, self._environment)
         except (BadInput, RuleError, ValueError, OSError) as exc:  # as serve's start refuses them
             log.error("settings file %s not reloaded: %s; the detector keeps the rules and hooks it runs with",
                       self._path, exc)
@@ -50,13 +54,13 @@ class SettingsReload:
         log.warning("settings file %s reloaded: the detector restarts with its rules and hooks", self._path)
 
 
-def _read(path: Path) -> _Settings:
-    rules, hooks = detector_settings(path)
+def _read(path: Path, environment: Mapping[str, str]) -> _Settings:
+    rules, hooks = detector_settings(path, environment=environment)
     return tuple(rules), hooks
 
 
-def _read_quietly(path: Path) -> _Settings | None:
+def _read_quietly(path: Path, environment: Mapping[str, str]) -> _Settings | None:
     try:
-        return _read(path)
+        return _read(path, environment)
     except (BadInput, RuleError, ValueError, OSError):  # changed since serve checked it: any reload differs
         return None

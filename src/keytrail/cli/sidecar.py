@@ -2,12 +2,13 @@
 consumer and the detector, each following the node's embedded event log on the other core.
 
     python -m keytrail.cli.sidecar consumer DATA_DIR
-    python -m keytrail.cli.sidecar detector DATA_DIR [--config FILE]   (stdin: {"mqtt": …, "kafka": …}\n)
+    python -m keytrail.cli.sidecar detector DATA_DIR [--config FILE]   (stdin: {"mqtt": …, "kafka": …, …}\n)
 
 A child stops gracefully (the consumer checkpoints and exports) on SIGTERM or SIGINT, and when
 its stdin reaches end of file: `serve` holds the other end, so even `kill -9` of `serve` leaves no
 orphan. The detector first reads one line there, serve's --mqtt and --kafka as JSON: a password
-in an MQTT URL on its command line was readable by every user of the machine. With no line
+in an MQTT URL on its command line was readable by every user of the machine. The line also
+carries the webhook HMAC keys serve took out of its environment (cli/hook_secrets.py). With no line
 within HOOKS_LINE_WAIT (a serve older than this keytrail started it), or hooks given as arguments
 (a serve older still), it exits 1 in one line instead of waiting for good. The detector
 writes each alarm state it announces (raised, escalated, its count updated) to stdout as one
@@ -50,6 +51,7 @@ import typer
 
 from keytrail.children import ChildSpec, run_when_idle
 from keytrail.cli.detect import BadInput, detector_settings
+from keytrail.cli.hook_secrets import hook_environment
 from keytrail.cli.organizations import PrincipalsOrganizations
 from keytrail.cli.tail import detect_live
 from keytrail.clock import SystemClock
@@ -100,7 +102,8 @@ def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str, Severity], N
     if settings.detector:
         flags = ("--config", str(settings.config)) if settings.config is not None else ()
         hooks = json.dumps({"mqtt": settings.mqtt, "kafka": settings.kafka,
-                            "principals": str(settings.principals_file)}).encode() + b"\n"
+                            "principals": str(settings.principals_file),
+                            "secrets": dict(settings.hook_secrets)}).encode() + b"\n"
         specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags),
                                _alarm_reader(on_alarm, on_judged, on_held), settings=hooks,
                                environment_defaults=ANALYTICS_ENVIRONMENT, in_serves_group=True,
@@ -182,10 +185,11 @@ def detector(
         raise SystemExit(1)
     try:
         mqtt, kafka, principals = _flag_hooks(line)
+        secrets = _hook_secrets(line)
     except (ValueError, KeyError, TypeError) as exc:
         log.error("detector child: its hooks on stdin are unreadable (%s)", exc)
         raise SystemExit(1) from None
-    _run_child("detector", _detect(data_dir, config, mqtt, kafka, principals))
+    _run_child("detector", _detect(data_dir, config, mqtt, kafka, principals, secrets))
 
 
 def _started_by_an_older_serve(sign: str) -> NoReturn:
@@ -225,6 +229,15 @@ def _flag_hooks(line: bytes) -> tuple[str | None, str | None, Path | None]:
     return mqtt, kafka, Path(principals) if principals else None
 
 
+def _hook_secrets(line: bytes) -> dict[str, str]:
+    """The webhook HMAC keys serve took out of its environment (cli/hook_secrets.py), by variable
+    name; TypeError if they are not strings (a serve before them gives none)."""
+    secrets = json.loads(line).get("secrets", {})
+    if not isinstance(secrets, dict) or not all(isinstance(value, str) for value in secrets.values()):
+        raise TypeError("secrets is an object of strings")
+    return secrets
+
+
 class _SettingsUnusable(Exception):
     """serve's --config no longer reads (changed since serve checked it); the message says why."""
 
@@ -260,13 +273,13 @@ async def _consume(data_dir: Path) -> None:
 
 
 async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: str | None,
-                  principals: Path | None) -> None:
+                  principals: Path | None, secrets: dict[str, str]) -> None:
     stopping = asyncio.Event()
     _stop_on_signal_or_eof(stopping)
     if not await hold_lock(detector_lock(data_dir), stopping):
         return
     try:
-        rules, hooks = detector_settings(config)
+        rules, hooks = detector_settings(config, environment=hook_environment(secrets))
     except (BadInput, RuleError, ValueError) as exc:  # as serve's own check (cli/serve.py) refuses them
         raise _SettingsUnusable(f"--config: {exc}") from None
     organization_of = PrincipalsOrganizations(principals, strict=False) if principals else no_organization

@@ -109,6 +109,7 @@ class WebhookConfig:
     secret: bytes
     attempts: int = 5
     backoff: float = 0.5
+    secret_env: str | None = None  # the variable `secret` was read from, if the file named one
 
     def __repr__(self) -> str:  # the secret never reaches logs, nor credentials in the URL
         return f"WebhookConfig(url={shown_url(self.url)!r}, attempts={self.attempts})"
@@ -123,11 +124,13 @@ class HooksConfig:
     webhooks: tuple[WebhookConfig, ...] = ()
 
     @classmethod
-    def from_settings(cls, doc: Mapping[str, Any], *, delivering: bool = True) -> HooksConfig:
+    def from_settings(cls, doc: Mapping[str, Any], *, delivering: bool = True,
+                      environment: Mapping[str, str] | None = None) -> HooksConfig:
         """Read the `[hooks]` table of a parsed settings file (ValueError naming what is wrong).
         `delivering`: the hooks will send alarms, so a webhook's `secret_env` must name a variable
         set here; a command that sends none (`analyze`, offline `detect`) checks the table alone,
-        so that one settings file serves every command wherever it runs."""
+        so that one settings file serves every command wherever it runs. `environment`: where
+        `secret_env` variables are read (default: this process's environment)."""
         table = doc.get("hooks", {})
         if not isinstance(table, Mapping):
             raise ValueError("[hooks] must be a table")
@@ -142,7 +145,8 @@ class HooksConfig:
             raise ValueError(f"[hooks] mqtt: {problem}")
         if not isinstance(webhooks, list) or not all(isinstance(entry, Mapping) for entry in webhooks):
             raise ValueError("webhooks are [[hooks.webhook]] tables (note the double brackets)")
-        parsed = tuple(_webhook(entry, delivering) for entry in webhooks)
+        variables = os.environ if environment is None else environment
+        parsed = tuple(_webhook(entry, delivering, variables) for entry in webhooks)
         _refuse_repeated_urls(parsed)
         return cls(mqtt, kafka, parsed)
 
@@ -167,7 +171,7 @@ MAX_BACKOFF = 3600.0  # a webhook's first wait between attempts, in seconds
 MAX_ATTEMPTS = 100
 
 
-def _webhook(entry: Mapping[str, Any], delivering: bool) -> WebhookConfig:
+def _webhook(entry: Mapping[str, Any], delivering: bool, environment: Mapping[str, str]) -> WebhookConfig:
     url = entry.get("url")
     if not (isinstance(url, str) and url.lower().startswith(("http://", "https://"))):  # HTTP:// too (RFC 3986)
         shown = _scheme_and_host(url) if isinstance(url, str) else url
@@ -182,7 +186,7 @@ def _webhook(entry: Mapping[str, Any], delivering: bool) -> WebhookConfig:
     if not isinstance(secret, str | None) or not isinstance(secret_env, str | None):
         raise ValueError(f"webhook {shown}: secret and secret_env are strings")
     if secret is None and secret_env is not None:
-        secret = os.environ.get(secret_env) if delivering else ""
+        secret = environment.get(secret_env) if delivering else ""
         if not secret and delivering:  # the file is right; the environment `serve` was started in is not
             raise ValueError(f"webhook {shown}: secret_env names ${secret_env}, which is not set or empty")
     elif not secret:
@@ -195,7 +199,8 @@ def _webhook(entry: Mapping[str, Any], delivering: bool) -> WebhookConfig:
     if not (isinstance(backoff, int | float) and not isinstance(backoff, bool) and 0 <= backoff <= MAX_BACKOFF):
         raise ValueError(f"webhook {shown}: backoff must be a number of seconds from 0 to {MAX_BACKOFF:g}, "
                          f"not {backoff!r}")
-    return WebhookConfig(url, (secret or "").encode(), attempts, float(backoff))  # "": not delivering
+    from_variable = secret_env if entry.get("secret") is None else None
+    return WebhookConfig(url, (secret or "").encode(), attempts, float(backoff), from_variable)  # "": not delivering
 
 
 def hook_names(hooks: HooksConfig) -> list[str]:

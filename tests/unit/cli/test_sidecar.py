@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.cli.sidecar import _first_line, detector_lock, hold_lock, sidecars
+from keytrail.cli.sidecar import _first_line, _hook_secrets, detector_lock, hold_lock, sidecars
 from keytrail.config import ServeSettings
 from keytrail.detect.alarm_tally import AlarmTally
 from keytrail.detect.severity import Severity
@@ -27,7 +27,17 @@ def test_detector_child_gets_serves_config_mqtt_and_kafka(tmp_path: Path) -> Non
     # on its stdin: a password in the MQTT URL would be readable by every user in its command line
     # and the principals file serve reads, whose organizations the detector trusts (its own data dir's here)
     assert json.loads(detector.settings or b"") == {"mqtt": "mqtt://h:1883", "kafka": "k:9092",
-                                                    "principals": str(tmp_path / "principals.toml")}
+                                                    "principals": str(tmp_path / "principals.toml"), "secrets": {}}
+
+
+def test_the_webhook_keys_serve_took_from_its_environment_reach_the_detector_on_its_stdin(tmp_path: Path) -> None:
+    # Not in the children's environment, which every process of the user reads in /proc (cli/hook_secrets.py).
+    settings = ServeSettings(data_dir=tmp_path, hook_secrets={"HOOK_KEY": "s3cret"})
+    [consumer, detector] = sidecars(settings, lambda alarm_id, rule, severity: None)
+    assert json.loads(detector.settings or b"")["secrets"] == {"HOOK_KEY": "s3cret"}
+    assert _hook_secrets(detector.settings or b"") == {"HOOK_KEY": "s3cret"}
+    assert consumer.settings is None
+    assert "s3cret" not in repr(settings)
 
 
 def test_no_detector_runs_the_consumer_child_only(tmp_path: Path) -> None:
