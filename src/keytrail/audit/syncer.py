@@ -194,7 +194,10 @@ def main() -> None:
         path = _read_exactly(0, _LENGTH.unpack(header)[0])
         if path is None:
             return
-        os.write(1, _ANSWER.pack(*_fsync(path, opened)))
+        try:
+            os.write(1, _ANSWER.pack(*_fsync(path, opened)))
+        except BrokenPipeError:  # the serving process died (kill -9) before the answer: no one to tell
+            return
 
 
 if __name__ == "__main__":

@@ -107,6 +107,20 @@ async def test_the_helper_exits_when_the_serving_process_is_gone() -> None:
     helper.close()
 
 
+def test_the_helper_exits_quietly_when_the_serving_process_died_before_its_answer(tmp_path: Path) -> None:
+    # serve killed (kill -9) while a group's fsync was asked for: the helper's answer met a closed
+    # pipe, and its BrokenPipeError traceback went to serve's log, among the next start's lines.
+    (tmp_path / "a.log").write_bytes(b"record")
+    path = str(tmp_path / "a.log").encode()
+    process = subprocess.Popen([sys.executable, "-m", "keytrail.audit.syncer"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    assert process.stdin is not None and process.stdout is not None
+    process.stdout.close()  # the serving process is gone: no one reads the answer
+    _, errors = process.communicate(len(path).to_bytes(4, "big") + path, timeout=30)
+    assert errors == b""
+    assert process.returncode == 0
+
+
 async def test_records_are_durable_through_the_helper(tmp_path: Path) -> None:
     in_progress = CallsInProgress()
     async with AuditTrail.open(AuditSettings(data_dir=tmp_path), in_progress=in_progress) as trail:
