@@ -36,6 +36,9 @@ class ServeSettings:
     digest_interval_seconds: float = 3600.0  # an idle node signs an audit digest this often
     retention_hours: float | None = None  # closed event log segments older than this are deleted (None: keep)
     retention_bytes: int | None = None  # closed segments beyond this many bytes of log are deleted (None: keep)
+    # On SIGTERM, how long the node serves on while its health check fails, before it stops accepting
+    # (--drain-seconds): a load balancer takes it out of rotation first. 0: it stops accepting at once.
+    drain_seconds: float = 0.0
     # With --kafka: the audit topic's shape if the shipper creates it, and the bytes of audit log Kafka
     # may lag behind before calls are refused (shipping stuck: no crypto without audit).
     kafka_partitions: int = 3

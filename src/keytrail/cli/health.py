@@ -12,7 +12,7 @@ from keytrail.kms.errors import KmsError
 from keytrail.kms.store import Store
 from keytrail.kms.store_ledger import LedgerMismatch
 
-__all__ = ["HEALTH_PARTS", "STORE_PROBE_EVERY", "STORE_PROBE_SECONDS", "NodeHealth", "StoreProbe"]
+__all__ = ["HEALTH_PARTS", "STORE_PROBE_EVERY", "STORE_PROBE_SECONDS", "Drain", "NodeHealth", "StoreProbe"]
 
 # A load balancer may poll health many times a second: the key store is asked at most once a
 # second, and a health answer waits for it at most STORE_PROBE_SECONDS (a hung database).
@@ -62,14 +62,26 @@ def _reason(error: BaseException) -> str:
     return " ".join(text.split())[:300]  # one line, whatever the driver's message holds
 
 
-class NodeHealth:
-    """The health answer's body: the version, and "status": "unhealthy" (a 503) with the reasons."""
+class Drain:
+    """Whether the node is draining: stopping (SIGTERM, `serve --drain-seconds`), it still serves calls
+    but its health check fails, so that a load balancer stops sending it new ones before it stops
+    accepting them. Set by the HTTP server, read by the health answer."""
 
-    def __init__(self, audit: AuditTrail | None, store: StoreProbe) -> None:
-        self._audit, self._store = audit, store
+    def __init__(self) -> None:
+        self.began = False
+
+
+class NodeHealth:
+    """The health answer's body: the version, and "status": "unhealthy" (a 503) with the reasons, or
+    "draining" (a 503 too) while a stop lets the load balancers take the node out first."""
+
+    def __init__(self, audit: AuditTrail | None, store: StoreProbe, drain: Drain | None = None) -> None:
+        self._audit, self._store, self._drain = audit, store, drain
 
     async def __call__(self) -> dict[str, Any]:
         problems = {"audit": self._audit.problem() if self._audit is not None else None,
                     "keyStore": await self._store.problem()}  # HEALTH_PARTS
         found = {name: problem for name, problem in problems.items() if problem}
+        if self._drain is not None and self._drain.began:
+            return {"version": __version__, "status": "draining", **found}
         return {"version": __version__, **({"status": "unhealthy", **found} if found else {})}

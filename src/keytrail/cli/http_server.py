@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections import Counter
 from collections.abc import Iterator
 from types import FrameType
@@ -19,9 +20,12 @@ import uvicorn
 
 from keytrail.api.http_protocol import ClientNoiseFilter, CoalescingHttpToolsProtocol, connection_limit
 from keytrail.api.tls_handshake import TlsHandshake
+from keytrail.cli.health import Drain
 from keytrail.config import PROXIES_ENV, ServeSettings
 
 __all__ = ["HttpServer"]
+
+log = logging.getLogger("keytrail")
 
 
 class HttpServer:
@@ -30,10 +34,10 @@ class HttpServer:
     uvicorn's traceback and exit status 3. SIGTERM/SIGINT are caught from `stop_requests` on."""
 
     def __init__(self, app: Any, settings: ServeSettings, tls: dict[str, str],
-                 refusals: Counter[str] | None = None) -> None:
+                 refusals: Counter[str] | None = None, drain: Drain | None = None) -> None:
         """`refusals` counts the connections closed before a request on them was served, and the
         requests the protocol refused itself, by reason (REFUSAL_REASONS, REQUEST_REFUSAL_REASONS),
-        for /metrics."""
+        for /metrics. `drain` is marked begun as a stop's drain (settings.drain_seconds) begins."""
         # The caller's address goes into every audit record and into aws:SourceIp conditions, so it
         # is the connection's, unless the operator names the proxies trusted to report another
         # (uvicorn's FORWARDED_ALLOW_IPS). uvicorn's own default trusts X-Forwarded-For from
@@ -51,7 +55,7 @@ class HttpServer:
             **tls,  # type: ignore[arg-type]
         )
         ClientNoiseFilter.attach(logging.getLogger("uvicorn.error"))  # after Config: it sets up the loggers
-        self._server = _Server(config)
+        self._server = _Server(config, settings.drain_seconds, drain or Drain())
 
     def load(self) -> None:
         """Load uvicorn's settings, the TLS context among them, so that a failure comes before the
@@ -91,7 +95,16 @@ class HttpServer:
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die by the
-    signal; keytrail's contract is: finish in-flight calls, flush, exit 0."""
+    signal; keytrail's contract is: finish in-flight calls, flush, exit 0. With `drain_seconds`, the
+    first SIGTERM or SIGINT drains first: for that long calls are still served, the health check
+    answers 503 "draining" and every answer closes its connection (a client or proxy holding it
+    open would send on to this node), so that load balancers take the node out before it stops
+    accepting; a second signal ends the drain at once."""
+
+    def __init__(self, config: uvicorn.Config, drain_seconds: float, drain: Drain) -> None:
+        super().__init__(config)
+        self._drain_seconds, self._drain = drain_seconds, drain
+        self._drain_ends: float | None = None  # time.monotonic() at which the drain gives way to the stop
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -103,4 +116,31 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def _request_exit(self, signum: int, frame: FrameType | None) -> None:
-        self.should_exit = True
+        if self._drain_seconds and self._drain_ends is None and self.started:
+            # The drain begins at the next tick: a signal handler runs between any two bytecodes.
+            self._drain_ends = time.monotonic() + self._drain_seconds
+        else:
+            self.should_exit = True
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick (every 0.1 s), which stops the server once `should_exit` is set: the
+        drain's end sets it, and each tick of the drain has the answers close their connections."""
+        if self._drain_ends is not None and time.monotonic() >= self._drain_ends:
+            self.should_exit = True
+        stop = await super().on_tick(counter)  # renews default_headers each second
+        if self._drain_ends is not None:
+            self._begin_drain()
+            if _CLOSE not in self.server_state.default_headers:
+                self.server_state.default_headers = [*self.server_state.default_headers, _CLOSE]
+        return stop
+
+    def _begin_drain(self) -> None:
+        """The health check fails from the moment answers close their connections; said once."""
+        if not self._drain.began:
+            self._drain.began = True
+            log.warning("stopping: serving calls for %g s more while /_keytrail/health answers 503 \"draining\", so "
+                        "that load balancers take this node out; SIGTERM again to stop at once", self._drain_seconds)
+
+
+# Sent with every answer while the node drains: uvicorn then closes the connection after the answer.
+_CLOSE = (b"connection", b"close")

@@ -31,7 +31,7 @@ from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.children import Child, ChildSpec
 from keytrail.cli.console import os_problem
 from keytrail.cli.detect import detector_settings
-from keytrail.cli.health import HEALTH_PARTS, NodeHealth, StoreProbe
+from keytrail.cli.health import HEALTH_PARTS, Drain, NodeHealth, StoreProbe
 from keytrail.cli.hook_secrets import hook_environment
 from keytrail.cli.key_store import open_store
 from keytrail.cli.metrics_endpoint import render_alarm_counts, render_detector_lag, render_readers_held
@@ -200,6 +200,7 @@ class Node:
     # On a key store several nodes share: the keys' uses of this node's calls, not yet written there.
     uses: UseOutbox | None = None
     settings_reload: SettingsReload | None = None  # with --config and a detector: SIGHUP reads it again
+    drain: Drain = field(default_factory=Drain)  # a stop's wait for the load balancers (--drain-seconds)
 
 
 def _authorizer(clock: Clock) -> Authorizer:
@@ -304,10 +305,11 @@ def _assemble(settings: ServeSettings, credentials: CredentialStore, store: Stor
         in_progress=in_progress, audit_refused=_refusal_counter(audit, refused),
     )
     service = KmsService(deps)
-    api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=NodeHealth(audit, StoreProbe(store)),
+    drain = Drain()
+    api = ApiSettings(max_body_bytes=settings.max_body_bytes, health=NodeHealth(audit, StoreProbe(store), drain),
                       dev_clock=clock if isinstance(clock, ManualClock) else None)
     node = Node(settings, service, KmsApp(service, credentials, api), clock, audit, consumer, denied_counts=denied,
-                http_refusals=api.refusals, audit_refusals=refused, uses=uses)
+                http_refusals=api.refusals, audit_refusals=refused, uses=uses, drain=drain)
     if audit is not None:
         pipeline_metrics = _pipeline_metrics(consumer, audit)
         api.metrics = lambda: _metrics(node, pipeline_metrics)

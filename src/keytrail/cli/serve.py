@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from keytrail.cli.command_line import hide_url_passwords
 from keytrail.cli.console import (
     KAFKA_BOOTSTRAP,
     LISTEN_ADDRESS,
@@ -137,6 +136,11 @@ def serve(
         "--max-unshipped-bytes", metavar="BYTES", min=1 << 20,
         help="Audit log Kafka may lag behind (broker down) before KMS calls are refused, at least 1 MiB "
              "(default: 1 GiB). With --kafka.")] = None,
+    drain_seconds: Annotated[float, typer.Option(
+        "--drain-seconds", metavar="SECONDS", callback=number_in_range(0, 3600),
+        help="On SIGTERM, serve calls on for this long, 0 to 3600, while /_keytrail/health answers 503 "
+             "\"draining\", so that a load balancer takes the node out first (default: 0: stop accepting at "
+             "once).")] = 0.0,
     detector: Annotated[bool, typer.Option(
         "--detector/--no-detector",
         help="Run the detector in this process (turn off where `keytrail detect --kafka` runs).")] = True,
@@ -162,7 +166,7 @@ def serve(
                 mqtt=mqtt, dev_clock=dev_clock, dev_credentials=dev_credentials, tls_cert=tls_cert, tls_key=tls_key,
                 tls_self_signed=tls_self_signed, audit=audit, detector=detector, store=store, config=config,
                 digest_interval_seconds=digest_interval, scheduler_interval_seconds=scheduler_interval,
-                retention_hours=retention_hours, retention_bytes=retention_bytes,
+                retention_hours=retention_hours, retention_bytes=retention_bytes, drain_seconds=drain_seconds,
                 hook_secrets={},  # taken from the environment once --config is checked (_start)
                 **options_given(kafka_shipping),
             ), sockets, reload_asked)
@@ -176,7 +180,6 @@ def _start(settings: ServeSettings, sockets: list[socket.socket], reload_asked: 
     if settings.dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     warn_of_password_in_arguments(settings.store, settings.mqtt)
-    hide_url_passwords([settings.store, settings.mqtt])  # from `ps` for as long as serve runs
     with _data_dir_made(settings.data_dir):
         check_data_dir_owned(settings.data_dir)  # before it is held: a data dir refused is left as it was
         hold = _hold(settings.data_dir)
@@ -253,7 +256,7 @@ async def _serve(settings: ServeSettings, sockets: list[socket.socket], hold: Da
 
     with _StopAsked.caught() as asked:  # SIGTERM while the node is built: stopped once started, exit 0
         built = await _built_node(settings, hold)
-        server = HttpServer(built.node.app, settings, built.tls, built.node.http_refusals)
+        server = HttpServer(built.node.app, settings, built.tls, built.node.http_refusals, built.node.drain)
         with server.stop_requests():  # and from here, while it starts and serves
             if asked.stop:
                 server.request_stop()
