@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from keytrail.kms.sealing import ROOT_KEY_ENV, RootKey
 from keytrail.kms.sqlite_store import SqliteStore
-from tests.integration.e2e.support import audit_events, eventually, raw_files
+from tests.integration.e2e.support import audit_events, eventually, private_mosquitto, raw_files
+from tests.support.postgres import database_url, scratch_database
 from tests.support.processes import child_commands
 from tests.support.server import PRINCIPALS, KeytrailServer
 
@@ -275,3 +276,21 @@ def _signed_post(server: KeytrailServer, operation: str, body: dict[str, Any]) -
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def test_passwords_in_serve_s_command_line_are_hidden_from_ps_while_it_runs(tmp_path: Path) -> None:
+    # A command line is readable by every user of the machine (/proc/<pid>/cmdline), serve's too.
+    with scratch_database() as database, private_mosquitto() as mqtt:
+        password, broker_password = "db-" + os.urandom(8).hex(), "mq-" + os.urandom(8).hex()
+        store = database_url(database).replace("postgres@", f"postgres:{password}@")  # trust: any password
+        broker = mqtt.replace("mqtt://", f"mqtt://alarms:{broker_password}@")
+        server = KeytrailServer(tmp_path / "data", "--store", store, "--mqtt", broker).start()
+        try:
+            assert server.proc is not None
+            shown = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes()
+            server.client().create_key()  # the store serves on with the URL as given
+        finally:
+            assert server.stop() == 0
+    assert password.encode() not in shown and broker_password.encode() not in shown
+    assert store.replace(password, "*" * len(password)).encode() in shown.split(b"\0")
+    assert "command line" in server.log.read_text()  # still warned: readable until serve hid it, and in history

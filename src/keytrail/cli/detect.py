@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from keytrail.cli.command_line import hide_url_passwords
 from keytrail.cli.console import (
     CLOUDTRAIL_COMMAND,
     CLOUDTRAIL_HELP,
@@ -161,6 +162,7 @@ def detect(
                 raise BadInput(problem)
             if warning := mqtt_password_warning(mqtt):
                 typer.echo(f"keytrail detect: warning: {warning}", err=True)
+                hide_url_passwords([mqtt])  # from `ps` for as long as it runs
             # The port first: one it cannot listen on leaves no data dir made for the lock behind.
             metrics = _metrics_socket(metrics_host, metrics_port) if metrics_port is not None else None
             _hold_detector_lock(data_dir)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from keytrail.cli.command_line import hide_url_passwords
 from keytrail.cli.console import (
     KAFKA_BOOTSTRAP,
     LISTEN_ADDRESS,
@@ -180,6 +181,7 @@ def _start(settings: ServeSettings, sockets: list[socket.socket], reload_asked: 
     if settings.dev_credentials:
         log.warning("--dev-credentials: any access key is accepted WITHOUT signature checks")
     warn_of_password_in_arguments(settings.store, settings.mqtt)
+    hide_url_passwords([settings.store, settings.mqtt])  # from `ps` for as long as serve runs
     with _data_dir_made(settings.data_dir):
         check_data_dir_owned(settings.data_dir)  # before it is held: a data dir refused is left as it was
         hold = _hold(settings.data_dir)
