@@ -62,10 +62,12 @@ def _starred(url: str) -> str:
     user, colon, password = userinfo.partition(":")
     if at and colon and password:
         offset = len(head) + len(user) + 1
-        url = url[:offset] + "*" * len(password) + url[offset + len(password):]
+        url = url[:offset] + "*" * len(password) + url[offset + len(password) :]
     base, mark, rest = url.partition("?")
     query, hash_mark, fragment = rest.partition("#")
     secrets = set(url_secrets(url))
-    pairs = [name + equals + ("*" * len(value) if value in secrets else value)
-             for name, equals, value in (pair.partition("=") for pair in query.split("&"))]
+    pairs = [
+        name + equals + ("*" * len(value) if value in secrets else value)
+        for name, equals, value in (pair.partition("=") for pair in query.split("&"))
+    ]
     return base + mark + "&".join(pairs) + hash_mark + fragment

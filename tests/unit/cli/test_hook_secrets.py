@@ -24,7 +24,8 @@ secret_env = "HOOK_TEST_KEY_UNUSED"
 
 
 def test_the_variables_a_webhook_reads_leave_the_environment_and_still_sign(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "settings.toml"
     config.write_text(SETTINGS)
     monkeypatch.setenv("HOOK_TEST_KEY_A", "key-a")
