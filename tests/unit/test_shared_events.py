@@ -64,10 +64,20 @@ def test_the_key_owner_gets_a_copy_with_its_own_event_id_and_the_same_shared_one
     assert owner["recipientAccountId"] == OWNER and owner["sharedEventID"] == caller["sharedEventID"]
     assert owner["eventID"] != caller["eventID"]
     assert uuid.UUID(owner["eventID"]).version == 4  # a GUID as AWS's eventIDs are
-    assert {k: v for k, v in owner.items() if k not in ("eventID", "recipientAccountId")} == \
-           {k: v for k, v in caller.items() if k not in ("eventID", "recipientAccountId")}
-    assert as_caller_copy(owner) == caller  # read back: the call it copies
+    assert {k: v for k, v in owner.items() if k not in ("eventID", "recipientAccountId", "userIdentity")} == \
+           {k: v for k, v in caller.items() if k not in ("eventID", "recipientAccountId", "userIdentity")}
+    assert as_caller_copy(owner) == {**caller, "userIdentity": owner["userIdentity"]}  # read back: the call
     assert as_caller_copy(caller) is caller
+
+
+def test_the_key_owner_sees_the_caller_as_an_account_alone() -> None:
+    # CloudTrail's key-owner copy of another account's call names the caller by account and
+    # principal id (userIdentity type AWSAccount): no ARN, user name or access key of the other
+    # account (audit-anchors.md §1.2), as keytrail's readers take AWS's owner copies.
+    [owner] = owner_copies(_caller_copy())
+    assert owner["userIdentity"] == {"type": "AWSAccount", "principalId": "AIDAALICE", "accountId": ACCOUNT}
+    [again] = owner_copies(as_caller_copy(owner))  # an owner copy read alone, imported, exported again
+    assert again == owner
 
 
 def test_copies_aws_wrote_and_records_of_one_account_are_left_as_they_are() -> None:
@@ -85,4 +95,5 @@ def test_a_log_file_reader_reads_an_owner_copy_as_the_call(tmp_path: Path) -> No
     caller = _caller_copy()
     path = tmp_path / "owner.json"
     path.write_text(json.dumps({"Records": [*owner_copies(caller), "not a record"]}))
-    assert read_log_file(path) == [caller, "not a record"]
+    [owner] = owner_copies(caller)
+    assert read_log_file(path) == [{**caller, "userIdentity": owner["userIdentity"]}, "not a record"]

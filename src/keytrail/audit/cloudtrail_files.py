@@ -20,7 +20,7 @@ import orjson
 from keytrail.audit.schema import SchemaError, decode_batch, event_id_bytes
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
 from keytrail.owner_only import remove_stale_temps, replace_whole, within
-from keytrail.shared_events import owner_copies
+from keytrail.shared_events import as_caller_copy, owner_copies
 from keytrail.transport.cloudtrail_logs import (
     ReadReport,
     iter_cloudtrail_records,
@@ -232,7 +232,7 @@ EXPORT_OPEN_FILES = 16
 # gzip's default level, 9, took twice level 6's time for files 4 % smaller (JSON of KMS records).
 LOG_FILE_GZIP_LEVEL = 6
 
-_FileKey = tuple[str, str, str]  # account, Region, hour (YYYYMMDDTHH00Z)
+_FileKey = tuple[str, str, str]  # account, Region, hour (YYYYMMDDTHHmmZ: _file_hour)
 
 
 def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) -> list[Path]:
@@ -255,8 +255,8 @@ def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) 
     def write(key: _FileKey, file: _FillingFile) -> None:
         written.append(_write_log_file(out, key, file, owner_only=owner_only))
 
-    for offset, event in _events_to_export(data_dir, log):
-        key = (*_account_and_region(event), _file_hour(event["eventTime"]))
+    for offset, event, minute in _events_to_export(data_dir, log):
+        key = (*_account_and_region(event), _file_hour(event["eventTime"], minute))
         file = filling.setdefault(key, _FillingFile(offset))
         file.events.append(event)
         if len(file.events) >= EXPORT_FILE_RECORDS:
@@ -269,10 +269,19 @@ def export_cloudtrail(data_dir: Path, out: Path, log: SegmentLog | None = None) 
     return written
 
 
-def _file_hour(event_time: str) -> str:
-    """YYYYMMDDTHH00Z of a stored record's eventTime, which the event log always gives as
+def _file_hour(event_time: str, minute: str = "00") -> str:
+    """YYYYMMDDTHHmmZ of a stored record's eventTime, which the event log always gives as
     YYYY-MM-DDTHH:MM:SS[.mmm]Z in UTC (schema.from_avro): sliced, not parsed again."""
-    return f"{event_time[0:4]}{event_time[5:7]}{event_time[8:10]}T{event_time[11:13]}00Z"
+    return f"{event_time[0:4]}{event_time[5:7]}{event_time[8:10]}T{event_time[11:13]}{minute}Z"
+
+
+# The minute in the names of the files of records (`_file_hour`): the records of each hour in files
+# named as delivered at its start; the key owners' copies of its cross-account calls in files of
+# their own, as delivered at its end. Readers take files in the order of that time (transport/
+# cloudtrail_logs.py), so every account's own records of an hour come before the owners' copies of
+# its calls: the caller's copy, which names the caller in full, is the one read first, imported and
+# counted; the owner's names it by account alone (shared_events.py).
+_RECORDS_MINUTE, _COPIES_MINUTE = "00", "59"
 
 
 @dataclass(slots=True)
@@ -281,18 +290,18 @@ class _FillingFile:
     events: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _events_to_export(data_dir: Path, log: SegmentLog | None) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(offset, record) of each stored event and of its copies for other accounts, an OSError
-    reading them raised as EventLogUnreadable (the export's own writes fail with OSError too, and
-    the two call for different remedies)."""
+def _events_to_export(data_dir: Path, log: SegmentLog | None) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """(offset, record, the minute its file is named for) of each stored event and of its copies for
+    other accounts, an OSError reading them raised as EventLogUnreadable (the export's own writes
+    fail with OSError too, and the two call for different remedies)."""
     first_copies = _FirstCopies()
     try:
         for offset, event in iter_events(data_dir, log=log):
             if not first_copies.take(event["eventID"]):
                 continue
-            yield offset, event
+            yield offset, event, _RECORDS_MINUTE
             for copy in owner_copies(event):  # as AWS logs a cross-account call in the key owner's account too
-                yield offset, copy  # in another account's folder: the offset names one file there too
+                yield offset, copy, _COPIES_MINUTE  # in another account's folder: the offset names one file there
     except OSError as exc:
         raise EventLogUnreadable(exc) from exc
 
@@ -331,6 +340,16 @@ def _write_log_file(out: Path, key: _FileKey, file: _FillingFile, *, owner_only:
     path = folder / f"{account}_CloudTrail_{region}_{hour}_{file.first_offset:016x}.json.gz"
     _require_earlier_records(path, file.events)
     data = gzip.compress(orjson.dumps({"Records": file.events}), compresslevel=LOG_FILE_GZIP_LEVEL)
+    _write_whole(path, data, owner_only=owner_only)
+    if hour.endswith(f"{_COPIES_MINUTE}Z"):
+        _remove_earlier_copies_file(folder / f"{account}_CloudTrail_{region}_{hour[:-3]}{_RECORDS_MINUTE}Z_"
+                                              f"{file.first_offset:016x}.json.gz")
+    return path
+
+
+def _write_whole(path: Path, data: bytes, *, owner_only: bool) -> None:
+    """`data` at `path`, whole or not at all."""
+    folder = path.parent
     if owner_only:
         replace_whole(path, data)  # its folders made 0700 first
     else:
@@ -341,7 +360,21 @@ def _write_log_file(out: Path, key: _FileKey, file: _FillingFile, *, owner_only:
             temp.replace(path)
         finally:
             temp.unlink(missing_ok=True)  # a full disk: not left behind
-    return path
+
+
+def _remove_earlier_copies_file(path: Path) -> None:
+    """Remove the file an export before the owners' copies had files of their own wrote at `path`
+    (named by the offset of the copies file just written, at the hour's start), when it holds
+    nothing but copies: the copies file holds them now. No export since names a file so (its first
+    record would be another account's call)."""
+    records = _earlier_records(path)
+    if records and all(_is_owner_copy(record) for record in records):
+        path.unlink(missing_ok=True)
+
+
+def _is_owner_copy(record: Any) -> bool:
+    """Whether `record` is a key owner's copy of a call that an export made (shared_events.py)."""
+    return isinstance(record, dict) and as_caller_copy(record) is not record
 
 
 def _require_earlier_records(path: Path, events: Sequence[dict[str, Any]]) -> None:
@@ -349,14 +382,20 @@ def _require_earlier_records(path: Path, events: Sequence[dict[str, Any]]) -> No
     the first of `events`, in order: the same log, grown since, writes each file over with the same
     records and those after them, never fewer or others. A file that does not read as a CloudTrail
     log file holds no record a reader takes, and is written over."""
-    try:
-        earlier = json.loads(gzip.decompress(path.read_bytes()))["Records"]
-    except FileNotFoundError:
-        return
-    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError):  # BadGzipFile is an OSError
-        return
     ids = [event.get("eventID") for event in events]
-    for index, record in enumerate(earlier if isinstance(earlier, list) else []):
+    # Exports before the owners' copies had files of their own filed them among the owner's records.
+    kept = [record for record in _earlier_records(path) if not _is_owner_copy(record)]
+    for index, record in enumerate(kept):
         event_id = record.get("eventID") if isinstance(record, dict) else None
         if index >= len(ids) or event_id != ids[index]:
             raise ExportWouldDropRecords(path, event_id)
+
+
+def _earlier_records(path: Path) -> list[Any]:
+    """The records of the log file an earlier export left at `path`; none when there is none, or
+    it does not read as a CloudTrail log file (no reader takes a record from it)."""
+    try:
+        earlier = json.loads(gzip.decompress(path.read_bytes()))["Records"]
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError):  # BadGzipFile is an OSError
+        return []
+    return earlier if isinstance(earlier, list) else []

@@ -633,6 +633,71 @@ async def test_a_cross_account_call_exports_to_both_accounts_and_reads_back_once
     assert sorted(read) == sorted([e["eventID"] for _, e in iter_events(source)] + [event_id])  # one call twice
 
 
+async def test_the_key_owners_copies_are_read_after_the_callers_whatever_each_account_did_first(
+        tmp_path: Path) -> None:
+    """The owner's copy names the caller by account alone: read before the caller's copy (the
+    owner's own calls began the hour), it was the copy imported and counted, the caller's identity
+    lost. The owners' copies of an hour sort after every account's own records of it."""
+    from dataclasses import replace
+
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+    from keytrail.shared_events import shared_event_id
+    from tests.support.audit_records import ALICE, KEY_ARN, encrypt_call
+
+    owner, event_id = "444455556666", "6a1f7c9e-2b3d-4e5f-8a9b-0c1d2e3f4a5c"
+    owners_key = KEY_ARN.replace(ACCOUNT, owner)
+    bob = replace(ALICE, arn=f"arn:aws:iam::{owner}:user/bob", account=owner, principal_id="AIDABOB",
+                  user_name="bob", access_key_id="AKIABOB0000000000001")
+    source = tmp_path / "source"
+    async with AuditTrail.open(AuditSettings(data_dir=source)) as trail:
+        await trail.record(encrypt_call(1, bob, account=owner, resources=(owners_key,)))
+        await trail.record(encrypt_call(2, resources=(owners_key,), event_id=event_id,
+                                        shared_event_id=shared_event_id(event_id)))
+    export_cloudtrail(source, tmp_path / "out")
+    copy = tmp_path / "copy"
+    report = await import_cloudtrail(copy, [tmp_path / "out"])
+    assert (report.records, report.duplicates) == (2, 1)  # the owner copy is the call already read
+    assert [e for _, e in iter_events(copy)] == [e for _, e in iter_events(source)]
+    first, second = [e for e in iter_cloudtrail_records([tmp_path / "out"]) if e["eventID"] == event_id]
+    assert first["userIdentity"]["arn"] == ALICE.arn  # the caller's copy, read first (report, consume, detect)
+    assert second["userIdentity"]["type"] == "AWSAccount"  # then the owner's, the call already read
+
+
+@pytest.mark.parametrize("owner_called_first", [False, True])
+async def test_an_export_into_a_folder_of_the_earlier_layout_moves_the_owners_copies(
+        tmp_path: Path, owner_called_first: bool) -> None:
+    """Exports before the owners' copies had files of their own filed them among the owner's records
+    (a file of copies alone where the owner made no call of its own first that hour). Exporting
+    again into that folder, as a nightly export does, leaves each record in one file."""
+    from dataclasses import replace
+
+    from keytrail.audit.trail import AuditSettings, AuditTrail
+    from keytrail.shared_events import shared_event_id
+    from tests.support.audit_records import ALICE, KEY_ARN, encrypt_call
+
+    owner, event_id = "444455556666", "6a1f7c9e-2b3d-4e5f-8a9b-0c1d2e3f4a5d"
+    owners_key = KEY_ARN.replace(ACCOUNT, owner)
+    bob = replace(ALICE, arn=f"arn:aws:iam::{owner}:user/bob", account=owner, principal_id="AIDABOB",
+                  user_name="bob", access_key_id="AKIABOB0000000000001")
+    source, out = tmp_path / "source", tmp_path / "out"
+    async with AuditTrail.open(AuditSettings(data_dir=source)) as trail:
+        await trail.record(encrypt_call(1, bob, account=owner, resources=(owners_key,)) if owner_called_first
+                           else encrypt_call(1))
+        await trail.record(encrypt_call(2, resources=(owners_key,), event_id=event_id,
+                                        shared_event_id=shared_event_id(event_id)))
+    export_cloudtrail(source, out)
+    folder = next((out / "AWSLogs" / owner).rglob("*.json.gz")).parent
+    records = [r for p in sorted(folder.iterdir()) for r in json.loads(gzip.decompress(p.read_bytes()))["Records"]]
+    for path in folder.iterdir():  # as the earlier layout filed them: one file of the hour, named at its start
+        path.unlink()
+    earlier = folder / f"{owner}_CloudTrail_us-east-1_20261128T1200Z_{0 if owner_called_first else 1:016x}.json.gz"
+    earlier.write_bytes(gzip.compress(json.dumps({"Records": records}).encode()))
+    export_cloudtrail(source, out)
+    again = [r["eventID"] for path in out.rglob("*.json.gz")
+             for r in json.loads(gzip.decompress(path.read_bytes()))["Records"]]
+    assert sorted(again) == sorted({*again}) and len(again) == 3  # each record once
+
+
 def test_the_collector_is_paused_while_records_are_parsed_and_left_as_found(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Parsing records builds trees with no cycle: the collector is off during it (it would walk
