@@ -147,6 +147,25 @@ async def test_one_grant_name_made_twice_at_once_is_one_grant(open_store: StoreF
     assert len((await node("ListGrants", KeyId=key_id))["Grants"]) == 1
 
 
+async def test_two_nodes_granting_past_the_grants_quota_at_once_make_no_grant_over_it(
+        dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The quota of grants per key (50,000, lowered here) is counted and the grant written under the
+    # key's lock, which both nodes take: counted outside it, each call saw room for one more.
+    from keytrail.kms.operations import grants
+
+    monkeypatch.setattr(grants, "GRANTS_PER_KEY", 5)
+    first, second, _ = await _two_nodes(dsn)
+    key_id = (await first("CreateKey"))["KeyMetadata"]["KeyId"]
+    answers = await asyncio.gather(*(
+        node("CreateGrant", KeyId=key_id, GranteePrincipal=f"arn:aws:iam::{ACCOUNT}:role/app", Operations=["Decrypt"])
+        for node in (first, second) * 6), return_exceptions=True)
+    assert sum(isinstance(a, dict) for a in answers) == 5, answers
+    assert all(isinstance(a, errors.LimitExceededException) for a in answers if not isinstance(a, dict)), answers
+    assert len((await second("ListGrants", KeyId=key_id))["Grants"]) == 5
+    await first.store.close()
+    await second.store.close()
+
+
 async def test_a_grant_retired_and_revoked_at_once_by_two_nodes_is_removed_by_one_call(dsn: str) -> None:
     # RetireGrant holds no key's lock: two calls that found the grant each deleted it, and each was
     # answered (and logged) as the one that did; the later ones find it gone, as one after the other.
