@@ -530,15 +530,31 @@ def detector_settings(path: Path | None, *, delivering: bool = True,
 
     if path is None:
         return RuleSet(), HooksConfig()
+    return settings_of_text(settings_file_text(path), path, delivering=delivering, environment=environment)
+
+
+def settings_file_text(path: Path) -> str:
+    """The text of a settings file (BadInput naming the file if it cannot be read as text)."""
     try:
         # TOML is UTF-8, a leading BOM allowed (Notepad, PowerShell write one), whatever the locale
-        doc: dict[str, Any] = tomllib.loads(read_regular_text(path, "utf-8-sig"))
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInput(f"{path}: not valid TOML ({exc})") from None
+        return read_regular_text(path, "utf-8-sig")
     except UnicodeDecodeError:  # a binary file, or the wrong file named
         raise BadInput(f"{path}: not valid TOML (not UTF-8 text)") from None
     except OSError as exc:  # named as the TOML errors are, not as Python's repr of the error
         raise BadInput(f"{path}: {exc.strerror or exc}") from None
+
+
+def settings_of_text(text: str, path: Path, *, delivering: bool = True,
+                     environment: Mapping[str, str] | None = None) -> tuple[RuleSet, HooksConfig]:
+    """`detector_settings` of the text `path` held: serve's detector child runs on the text serve
+    last read and checked (cli/settings_reload.py), not on the file as an edit since left it."""
+    from keytrail.detect import RuleSet
+    from keytrail.detect.hooks import HooksConfig
+
+    try:
+        doc: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"{path}: not valid TOML ({exc})") from None
     if unknown := set(doc) - {"rules", "hooks"}:  # a misspelt [rule.…] table left its rule as it was
         raise BadInput(f"{path}: unknown table(s) or setting(s) {', '.join(sorted(unknown))} "
                        "(a settings file holds [rules.<id>] and [hooks])")

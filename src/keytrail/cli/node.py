@@ -718,10 +718,16 @@ def _start_consumers(node: Node) -> None:
         _remember_delivered(node)
     node.children = [Child(spec) for spec in sidecars(node.settings, node.alarm_tally.add,
                                                       functools.partial(_detector_judged, node),
-                                                      functools.partial(_reader_held, node))]
+                                                      functools.partial(_reader_held, node),
+                                                      lambda: _config_text(node))]
     for child in node.children:
         child.start()
     _reload_settings_with(node, next((child for child in node.children if child.spec.name == "detector"), None))
+
+
+def _config_text(node: Node) -> str | None:
+    """The --config text serve last read and checked, which its detector child runs on."""
+    return node.settings_reload.text if node.settings_reload is not None else None
 
 
 def _reload_settings_with(node: Node, detector: Child | None) -> None:

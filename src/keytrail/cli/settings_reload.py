@@ -1,16 +1,19 @@
 """SIGHUP's re-read of `serve --config`, the detector's rules and hooks (docs/detection-rules.md,
 "Configuration file"). serve's detector child read the file only as it started: a SIGHUP after an
 edit changed nothing and said nothing (the log said the principals file was reloaded), while the
-next restart of the child, after a crash, took the edit up unannounced."""
+next restart of the child, after a crash, took the edit up unannounced. The child now runs on the
+text read here (`text`, on its stdin), so a restart after a crash takes no edit up, nor a file
+broken since: such a child exited at once, again and again, and judged no call."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 from keytrail.children import Child
-from keytrail.cli.detect import BadInput, detector_settings
+from keytrail.cli.detect import BadInput, settings_file_text, settings_of_text
 from keytrail.cli.hook_secrets import hook_environment
 from keytrail.detect.hooks import HooksConfig
 from keytrail.detect.rules import Rule, RuleError
@@ -34,11 +37,16 @@ class SettingsReload:
         environment (cli/hook_secrets.py)."""
         self._path, self._detector = path, detector
         self._environment = hook_environment(withdrawn)
-        self._settings: _Settings | None = _read_quietly(path, self._environment)  # as serve checked it, near enough
+        # The file's text as last read and checked, what the detector child runs on (None: it reads
+        # the file itself, and says why it cannot), and what that text sets.
+        self.text: str | None = None
+        self._settings: _Settings | None = None
+        with contextlib.suppress(BadInput, RuleError, ValueError, OSError):  # broken since serve checked it
+            self.text, self._settings = self._read()
 
     def __call__(self) -> None:
         try:
-            settings = _read(self._path, self._environment)
+            text, settings = self._read()
         except (BadInput, RuleError, ValueError, OSError) as exc:  # as serve's start refuses them
             log.error("settings file %s not reloaded: %s; the detector keeps the rules and hooks it runs with",
                       self._path, exc)
@@ -49,18 +57,12 @@ class SettingsReload:
             log.error("settings file %s not reloaded: under --dev-clock the detector runs in serve and reads it as "
                       "serve starts only: restart serve to apply it", self._path)
             return
-        self._settings = settings
+        self.text, self._settings = text, settings
         self._detector.restart()
         log.warning("settings file %s reloaded: the detector restarts with its rules and hooks", self._path)
 
-
-def _read(path: Path, environment: Mapping[str, str]) -> _Settings:
-    rules, hooks = detector_settings(path, environment=environment)
-    return tuple(rules), hooks
-
-
-def _read_quietly(path: Path, environment: Mapping[str, str]) -> _Settings | None:
-    try:
-        return _read(path, environment)
-    except (BadInput, RuleError, ValueError, OSError):  # changed since serve checked it: any reload differs
-        return None
+    def _read(self) -> tuple[str, _Settings]:
+        """The file's text and what it sets (BadInput, RuleError, ValueError: what is wrong with it)."""
+        text = settings_file_text(self._path)
+        rules, hooks = settings_of_text(text, self._path, environment=self._environment)
+        return text, (tuple(rules), hooks)

@@ -43,14 +43,15 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 
 from keytrail.children import ChildSpec, run_when_idle
-from keytrail.cli.detect import BadInput, detector_settings
+from keytrail.cli.detect import BadInput, detector_settings, settings_of_text
 from keytrail.cli.hook_secrets import hook_environment
 from keytrail.cli.organizations import PrincipalsOrganizations
 from keytrail.cli.tail import detect_live
@@ -58,7 +59,8 @@ from keytrail.clock import SystemClock
 from keytrail.config import ServeSettings
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.checks.permissive import no_organization
-from keytrail.detect.rules import RuleError
+from keytrail.detect.hooks import HooksConfig
+from keytrail.detect.rules import RuleError, RuleSet
 from keytrail.detect.runner import DetectorRunner
 from keytrail.detect.severity import Severity
 from keytrail.log_lines import log_to_stderr
@@ -89,11 +91,13 @@ JUDGED_LINE_SECONDS = 1.0
 
 def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str, Severity], None],
              on_judged: Callable[[int], None] = lambda offset: None,
-             on_held: Callable[[str, int | None], None] = lambda child, offset: None) -> list[ChildSpec]:
+             on_held: Callable[[str, int | None], None] = lambda child, offset: None,
+             config_text: Callable[[], str | None] = lambda: None) -> list[ChildSpec]:
     """The children `serve` runs for `settings`; `on_alarm(alarmId, rule, severity)` for each alarm
     state the detector announces, `on_judged(offset)` as it tells the event log's offset it has
     judged up to, `on_held(child, offset)` as a child tells the offset it is held at (None: it reads
-    on, or it exited: the next one watches anew)."""
+    on, or it exited: the next one watches anew); `config_text()`, asked at each start of the
+    detector, the text of --config serve last read and checked (None: the child reads the file)."""
     command = (sys.executable, "-m", "keytrail.cli.sidecar")
     data_dir = str(settings.data_dir)
     specs = [ChildSpec("consumer", (*command, "consumer", data_dir), _held_reader("consumer", on_held),
@@ -101,9 +105,11 @@ def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str, Severity], N
                        on_exit=lambda: on_held("consumer", None))]
     if settings.detector:
         flags = ("--config", str(settings.config)) if settings.config is not None else ()
-        hooks = json.dumps({"mqtt": settings.mqtt, "kafka": settings.kafka,
-                            "principals": str(settings.principals_file),
-                            "secrets": dict(settings.hook_secrets)}).encode() + b"\n"
+        def hooks() -> bytes:
+            return json.dumps({"mqtt": settings.mqtt, "kafka": settings.kafka,
+                               "principals": str(settings.principals_file), "secrets": dict(settings.hook_secrets),
+                               "config": config_text()}).encode() + b"\n"
+
         specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags),
                                _alarm_reader(on_alarm, on_judged, on_held), settings=hooks,
                                environment_defaults=ANALYTICS_ENVIRONMENT, in_serves_group=True,
@@ -186,10 +192,11 @@ def detector(
     try:
         mqtt, kafka, principals = _flag_hooks(line)
         secrets = _hook_secrets(line)
+        text = _config_text(line)
     except (ValueError, KeyError, TypeError) as exc:
         log.error("detector child: its hooks on stdin are unreadable (%s)", exc)
         raise SystemExit(1) from None
-    _run_child("detector", _detect(data_dir, config, mqtt, kafka, principals, secrets))
+    _run_child("detector", _detect(data_dir, _Config(config, text), mqtt, kafka, principals, secrets))
 
 
 def _started_by_an_older_serve(sign: str) -> NoReturn:
@@ -238,6 +245,27 @@ def _hook_secrets(line: bytes) -> dict[str, str]:
     return secrets
 
 
+def _config_text(line: bytes) -> str | None:
+    """The text of --config serve last read and checked (None: none given, the child reads the file)."""
+    text = json.loads(line).get("config")
+    if not isinstance(text, str | None):
+        raise TypeError("config is a string or null")
+    return text
+
+
+@dataclass(frozen=True)
+class _Config:
+    """serve's --config, and the text of it serve last read and checked (None: read the file)."""
+
+    path: Path | None
+    text: str | None
+
+    def settings(self, environment: Mapping[str, str]) -> tuple[RuleSet, HooksConfig]:
+        if self.path is not None and self.text is not None:
+            return settings_of_text(self.text, self.path, environment=environment)
+        return detector_settings(self.path, environment=environment)
+
+
 class _SettingsUnusable(Exception):
     """serve's --config no longer reads (changed since serve checked it); the message says why."""
 
@@ -249,8 +277,8 @@ class _KafkaConsumersCount(Exception):
 
 def _run_child(name: str, main: Coroutine[Any, Any, None]) -> None:
     """Run a child's main. A file it cannot write (a full disk), or a settings file broken since
-    serve started, ends it with one log line: `serve` restarts it with a backoff, and it resumes from
-    its last checkpoint (with the settings file as it is then)."""
+    serve checked it (and that serve could not read as the node started), ends it with one log line:
+    `serve` restarts it with a backoff, and it resumes from its last checkpoint."""
     try:
         asyncio.run(main)
     except (OSError, sqlite3.Error, _SettingsUnusable, _KafkaConsumersCount) as exc:
@@ -272,14 +300,14 @@ async def _consume(data_dir: Path) -> None:
     await metrics.run()
 
 
-async def _detect(data_dir: Path, config: Path | None, mqtt: str | None, kafka: str | None,
+async def _detect(data_dir: Path, config: _Config, mqtt: str | None, kafka: str | None,
                   principals: Path | None, secrets: dict[str, str]) -> None:
     stopping = asyncio.Event()
     _stop_on_signal_or_eof(stopping)
     if not await hold_lock(detector_lock(data_dir), stopping):
         return
     try:
-        rules, hooks = detector_settings(config, environment=hook_environment(secrets))
+        rules, hooks = config.settings(hook_environment(secrets))
     except (BadInput, RuleError, ValueError) as exc:  # as serve's own check (cli/serve.py) refuses them
         raise _SettingsUnusable(f"--config: {exc}") from None
     organization_of = PrincipalsOrganizations(principals, strict=False) if principals else no_organization

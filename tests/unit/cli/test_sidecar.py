@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.cli.sidecar import _first_line, _hook_secrets, detector_lock, hold_lock, sidecars
+from keytrail.children import ChildSpec
+from keytrail.cli.sidecar import _config_text, _first_line, _hook_secrets, detector_lock, hold_lock, sidecars
 from keytrail.config import ServeSettings
 from keytrail.detect.alarm_tally import AlarmTally
 from keytrail.detect.severity import Severity
@@ -26,16 +27,32 @@ def test_detector_child_gets_serves_config_mqtt_and_kafka(tmp_path: Path) -> Non
     assert detector.argv[-4:] == ("detector", str(tmp_path), "--config", str(tmp_path / "k.toml"))
     # on its stdin: a password in the MQTT URL would be readable by every user in its command line
     # and the principals file serve reads, whose organizations the detector trusts (its own data dir's here)
-    assert json.loads(detector.settings or b"") == {"mqtt": "mqtt://h:1883", "kafka": "k:9092",
-                                                    "principals": str(tmp_path / "principals.toml"), "secrets": {}}
+    assert json.loads(_line(detector)) == {"mqtt": "mqtt://h:1883", "kafka": "k:9092",
+                                           "principals": str(tmp_path / "principals.toml"), "secrets": {},
+                                           "config": None}
+
+
+def test_the_detector_child_gets_the_settings_text_serve_last_checked_at_each_start(tmp_path: Path) -> None:
+    # A detector restarted after a crash runs on it, not on an edit not reloaded or a file broken since.
+    texts = iter(["[rules.usage-spike]\nenabled = false\n", "[rules.usage-spike]\nenabled = true\n"])
+    settings = ServeSettings(data_dir=tmp_path, config=tmp_path / "k.toml")
+    [_, detector] = sidecars(settings, lambda alarm_id, rule, severity: None, config_text=lambda: next(texts))
+    assert _config_text(_line(detector)) == "[rules.usage-spike]\nenabled = false\n"
+    assert _config_text(_line(detector)) == "[rules.usage-spike]\nenabled = true\n"
+    assert _config_text(b'{"mqtt": null, "kafka": null}') is None  # none given: the child reads the file
+
+
+def _line(child: ChildSpec) -> bytes:
+    """What serve writes on the child's stdin as it starts it."""
+    return child.settings() if callable(child.settings) else child.settings or b""
 
 
 def test_the_webhook_keys_serve_took_from_its_environment_reach_the_detector_on_its_stdin(tmp_path: Path) -> None:
     # Not in the children's environment, which every process of the user reads in /proc (cli/hook_secrets.py).
     settings = ServeSettings(data_dir=tmp_path, hook_secrets={"HOOK_KEY": "s3cret"})
     [consumer, detector] = sidecars(settings, lambda alarm_id, rule, severity: None)
-    assert json.loads(detector.settings or b"")["secrets"] == {"HOOK_KEY": "s3cret"}
-    assert _hook_secrets(detector.settings or b"") == {"HOOK_KEY": "s3cret"}
+    assert json.loads(_line(detector))["secrets"] == {"HOOK_KEY": "s3cret"}
+    assert _hook_secrets(_line(detector)) == {"HOOK_KEY": "s3cret"}
     assert consumer.settings is None
     assert "s3cret" not in repr(settings)
 
