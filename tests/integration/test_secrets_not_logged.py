@@ -294,3 +294,23 @@ def test_passwords_in_serve_s_command_line_are_hidden_from_ps_while_it_runs(tmp_
     assert password.encode() not in shown and broker_password.encode() not in shown
     assert store.replace(password, "*" * len(password)).encode() in shown.split(b"\0")
     assert "command line" in server.log.read_text()  # still warned: readable until serve hid it, and in history
+
+
+@pytest.mark.parametrize("command", [["root-key", "rotate", "--new-key", "NEW_KEY"], ["analyze"]])
+def test_a_store_password_on_the_command_line_of_a_store_reader_is_hidden_from_ps(
+        tmp_path: Path, command: list[str]) -> None:
+    # The command line as `ps` shows it once the command ended (a store out of reach: port 1),
+    # read in the same process: root-key rotate and analyze read the store for as long as it takes.
+    password = "pw-" + os.urandom(8).hex()
+    new_key = tmp_path / "new.key"
+    new_key.write_bytes(os.urandom(32))
+    args = [arg.replace("NEW_KEY", str(new_key)) for arg in command]
+    run = ("import sys\nfrom pathlib import Path\nfrom keytrail.cli import main\n"
+           "sys.argv = ['keytrail', *sys.argv[1:]]\n"
+           "try:\n    main()\nexcept SystemExit:\n    pass\n"
+           "sys.stdout.buffer.write(Path('/proc/self/cmdline').read_bytes())\n")
+    store = f"postgresql://keytrail:{password}@127.0.0.1:1/keys"
+    result = subprocess.run([sys.executable, "-c", run, *args, "--data-dir", str(tmp_path / "data"), "--store", store],
+                            capture_output=True, timeout=120, check=False)
+    assert password.encode() not in result.stdout, result.stderr
+    assert store.replace(password, "*" * len(password)).encode() in result.stdout.split(b"\0"), result.stdout

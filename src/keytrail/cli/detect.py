@@ -360,6 +360,7 @@ def analyze(
     from keytrail.detect.inventory import read_inventory
     from keytrail.kms.sealing import SealError
 
+    hide_url_passwords([store])  # from `ps` while it reads the store
     try:
         rules, _ = detector_settings(config, delivering=False)
         if inventory is not None and data_dir is not None:  # one would be passed over in silence

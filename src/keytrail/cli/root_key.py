@@ -15,6 +15,7 @@ from typing import Annotated, Protocol
 
 import typer
 
+from keytrail.cli.command_line import hide_url_passwords
 from keytrail.cli.console import STORE_URL, address_option, fail, no_core_dumps, os_problem, path_option
 from keytrail.config import STORE_ENV
 from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, SealError, write_root_key_file
@@ -76,6 +77,7 @@ def rotate(
     from keytrail.kms.postgres_store import StoreBusy
 
     no_core_dumps()  # this process holds both root keys and every key's material
+    hide_url_passwords([store])  # from `ps` while it reseals
     # A row that does not verify is this command's one line of complaint (below), not also a log
     # line of the store that opened it.
     logging.getLogger(authentic_docs.__name__).setLevel(logging.CRITICAL)
