@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 __all__ = ["TcpRelay", "free_port", "kafka_broker", "kafka_topic", "mosquitto", "topic_values", "wait_for_port"]
 
@@ -128,15 +129,19 @@ def broker_binary() -> str:
 
 
 @contextlib.contextmanager
-def kafka_broker(port: int | None = None, advertised_port: int | None = None) -> Iterator[str]:
+def kafka_broker(port: int | None = None, advertised_port: int | None = None, *,
+                 authentication: bool = False) -> Iterator[str]:
     """Start tansu (memory storage) on a free port; yield its bootstrap address. With
     `advertised_port`, its metadata names that port instead of its own (a proxy before it), so
-    that clients, which connect to the brokers the metadata names, reach it only through there."""
+    that clients, which connect to the brokers the metadata names, reach it only through there.
+    `authentication`: clients must log in with SASL SCRAM (tansu 0.6's memory storage keeps no
+    user, so every login is refused: a broker refusing keytrail's credentials)."""
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     proc = subprocess.Popen(
-        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
+        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised,
+         *(["--authentication"] if authentication else [])],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -178,14 +183,14 @@ def mosquitto(port: int = 1883) -> str:
     return f"mqtt://127.0.0.1:{port}"
 
 
-async def topic_values(bootstrap: str, topic: str) -> list[bytes]:
+async def topic_values(bootstrap: str, topic: str, **client_options: Any) -> list[bytes]:
     """Every record on `topic`, repeats too: read from its start until 1.5 s bring none, or for 15 s
     on a topic that keeps growing (tansu's end offsets name a partition's last batch, not where its
-    log ends)."""
+    log ends). `client_options`: aiokafka's security ones, for a broker behind TLS."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
+                                enable_auto_commit=False, **client_options)
     await consumer.start()
     values: list[bytes] = []
     deadline = time.monotonic() + 15

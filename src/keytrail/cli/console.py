@@ -184,13 +184,16 @@ def os_problem(error: OSError) -> str:
 
 def bootstrap_problem(bootstrap: str | None, option: str = "--kafka") -> str | None:
     """None for a usable Kafka bootstrap list (HOST[:PORT][,HOST[:PORT]…], IPv6 hosts in brackets),
-    else the one-line complaint: a typo should not become a shipper retrying forever."""
+    else the one-line complaint: a typo should not become a shipper retrying forever. The Kafka
+    security settings of the environment are checked with it ($KEYTRAIL_KAFKA_*: files read)."""
     if bootstrap is None:
         return None
     for server in bootstrap.split(","):
         if host_port_problem(server.strip()):
             return f"{option}: not HOST:PORT[,HOST:PORT…]: {redacted(bootstrap)!r}"
-    return None
+    from keytrail.transport.kafka_security import security_problem  # aiokafka's errors: only with a broker
+
+    return security_problem()
 
 
 def mqtt_problem(url: str | None, option: str = "--mqtt") -> str | None:

@@ -34,6 +34,7 @@ from keytrail.cli.pending_announcement import DEV_CERTIFICATE, SIGNING_KEY
 from keytrail.cli.serve_checks import (
     check_config,
     check_data_dir_owned,
+    check_kafka_access,
     check_no_kafka_consumer,
     listening,
     off_loopback,
@@ -189,6 +190,7 @@ def _start(settings: ServeSettings, sockets: list[socket.socket], reload_asked: 
             check_no_kafka_consumer(settings)
             check_config(settings.config)
             check_tls(settings)  # before anything is written: a wrong flag leaves nothing behind
+            check_kafka_access(settings)
             _run(replace(settings, hook_secrets=withdraw_hook_secrets(settings.config)), sockets, hold, reload_asked)
         finally:
             hold.release()

@@ -18,9 +18,9 @@ from keytrail.cli.listening import host_port, listen_problem, listening_sockets
 from keytrail.config import PROXIES_ENV, STORE_ENV, ServeSettings
 from keytrail.owner_only import SharingProblem, sharing_problem
 
-__all__ = ["check_config", "check_data_dir_owned", "check_no_kafka_consumer", "listening", "off_loopback",
-           "options_given", "proxies_problem", "serve_fail", "warn_of_password_in_arguments", "without_detector",
-           "without_kafka"]
+__all__ = ["check_config", "check_data_dir_owned", "check_kafka_access", "check_no_kafka_consumer", "listening",
+           "off_loopback", "options_given", "proxies_problem", "serve_fail", "warn_of_password_in_arguments",
+           "without_detector", "without_kafka"]
 
 V = TypeVar("V")
 
@@ -127,6 +127,21 @@ def check_no_kafka_consumer(settings: ServeSettings) -> None:
 
     if settings.audit and kafka_consumers_running(settings.data_dir):
         raise serve_fail(kafka_consumers_counting(settings.data_dir))
+
+
+def check_kafka_access(settings: ServeSettings) -> None:
+    """Refuse to start on a Kafka cluster that will not let keytrail in (its TLS certificate does not
+    verify, it refuses the SASL credentials, it wants TLS or a client certificate keytrail does not
+    offer): the shipper would retry for ever while the spool filled. A broker out of reach is no
+    reason: the shipper waits for it, as when it goes down later."""
+    if settings.kafka is None:
+        return
+    import asyncio
+
+    from keytrail.transport.kafka import access_refused
+
+    if refused := asyncio.run(access_refused(settings.kafka)):
+        raise fail(f"--kafka {settings.kafka}: {refused}", "keytrail serve", code=1)
 
 
 def check_config(path: Path | None) -> None:

@@ -242,6 +242,7 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
     from aiokafka import AIOKafkaConsumer
 
     from keytrail.transport.kafka import quiet_bootstrap, read_again_where_log_ended_below
+    from keytrail.transport.kafka_security import kafka_client_options
 
     consumer = AIOKafkaConsumer(
         topic,
@@ -249,6 +250,7 @@ async def kafka_values(bootstrap: str, *, topic: str = AUDIT_TOPIC) -> AsyncIter
         group_id=None,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **kafka_client_options(),
     )
     merge = PartitionMerge()
     try:

@@ -22,6 +22,7 @@ from keytrail.log_lines import retention_gap
 from keytrail.pipeline.decode import known_writer, say_unknown_writers
 from keytrail.pipeline.runner import UNCOUNTED, Batch
 from keytrail.transport.kafka import quiet_bootstrap, read_again_where_log_ended_below
+from keytrail.transport.kafka_security import kafka_client_options
 from keytrail.transport.topics import AUDIT_TOPIC
 
 __all__ = ["AUDIT_TOPIC", "KafkaSource"]
@@ -111,6 +112,7 @@ class KafkaSource:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 << 20,
+            **kafka_client_options(),
         )
         self._consumer, self.listener = consumer, _SeekToState(consumer, start_at)
         consumer.subscribe([self.topic], listener=self.listener)

@@ -15,12 +15,22 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-__all__ = ["BrokerLostRecords", "KafkaProducerLink", "NextOffsets", "RecordsTooLarge", "ensure_topic",
-           "kafka_problem", "partition_for", "quiet_bootstrap", "read_again_where_log_ended_below"]
+from keytrail.transport.kafka_security import (
+    KafkaAccessRefused,
+    KafkaSecurity,
+    KafkaSecurityError,
+    kafka_client_options,
+    refusal,
+)
+
+__all__ = ["BrokerLostRecords", "KafkaProducerLink", "NextOffsets", "RecordsTooLarge", "access_refused",
+           "ensure_topic", "kafka_problem", "partition_for", "quiet_bootstrap", "read_again_where_log_ended_below",
+           "told_refusals"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,8 @@ class RecordsTooLarge(RuntimeError):
 def kafka_problem(error: KafkaError) -> str:
     """What went wrong with Kafka, in words for the person who gave --kafka: aiokafka's text of a
     broker out of reach is a Python repr of its addresses (`[('127.0.0.1', 1, <AddressFamily…>)]`)."""
+    if isinstance(error, KafkaAccessRefused):
+        return str(error)
     if isinstance(error, KafkaConnectionError):
         return "no broker answered there (is it running, and is the address right?)"
     return str(error)
@@ -60,22 +72,89 @@ def kafka_problem(error: KafkaError) -> str:
 @contextlib.contextmanager
 def quiet_bootstrap() -> Iterator[None]:
     """aiokafka logs each broker it fails to reach at ERROR, then raises KafkaConnectionError naming
-    them all: while a client starts, leave the telling to whoever handles that error."""
+    them all: while a client starts, leave the telling to whoever handles that error, which says
+    why when the broker refused keytrail (`told_refusals`)."""
     logger = logging.getLogger("aiokafka")
     level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    logger.setLevel(logging.ERROR)  # its failed connects still reach `told_refusals`, kept there, not written
     try:
-        yield
+        with told_refusals(quiet=True):
+            yield
     finally:
         logger.setLevel(level)
+
+
+class _ConnectErrors(logging.Filter):
+    """Keeps the error of each connection aiokafka's client failed to open, which it logs on the
+    `aiokafka` logger (`Unable connect to "HOST:PORT": ERROR`) and then raises only as `Unable to
+    bootstrap`; `quiet`: drops that logger's lines."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        super().__init__()
+        self.quiet = quiet
+        self.errors: list[BaseException] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+        if isinstance(error, BaseException):
+            self.errors.append(error)
+        return not self.quiet
+
+
+@contextlib.contextmanager
+def told_refusals(*, quiet: bool = False) -> Iterator[None]:
+    """While a client starts: a broker that answered but would not let keytrail in (TLS, SASL)
+    raises KafkaAccessRefused saying why, not `Unable to bootstrap` as if it were out of reach.
+    `quiet`: aiokafka's own lines of the failed connects are not written."""
+    heard = _ConnectErrors(quiet=quiet)
+    client_logger = logging.getLogger("aiokafka")  # aiokafka.client's, not named after its module
+    client_logger.addFilter(heard)
+    try:
+        yield
+    except KafkaConnectionError as error:
+        if isinstance(error, KafkaAccessRefused) or not (refused := _refusal(heard.errors)):
+            raise
+        raise refused from error
+    except (KeyError, ValueError) as error:  # aiokafka's SCRAM on a refusal some brokers word differently
+        if not (refused := _refusal([error])):
+            raise
+        raise refused from error
+    finally:
+        client_logger.removeFilter(heard)
+
+
+def _refusal(errors: Sequence[BaseException]) -> KafkaAccessRefused | None:
+    try:
+        security = KafkaSecurity.from_environment()
+    except KafkaSecurityError:  # the client could not have been built with them: not what failed here
+        return None
+    return refusal(errors, security)
+
+
+async def access_refused(bootstrap: str, *, timeout_ms: int = 5_000) -> KafkaAccessRefused | None:
+    """Whether the brokers of `bootstrap` refuse keytrail (TLS, SASL): one connection to each, until
+    one lets it in (None). None too if none answered (out of reach, or silent past `timeout_ms`:
+    the shipper waits for a broker down); a refusal does not pass by itself."""
+    security = KafkaSecurity.from_environment()
+    errors: list[BaseException] = []
+    for host, port, _ in collect_hosts(bootstrap, randomize=False):
+        try:
+            conn = await create_conn(host, port, request_timeout_ms=timeout_ms, **security.client_options())
+        except (OSError, KafkaError, TimeoutError, KeyError, ValueError) as error:  # KeyError, ValueError: SCRAM's
+            errors.append(error)
+            continue
+        conn.close()
+        return None
+    return refusal([error for error in errors if not isinstance(error, TimeoutError)], security)
 
 
 async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication_factor: int = 1, *,
                        timeout_ms: int = 10_000) -> None:
     """Create `topic` with `partitions`, each on `replication_factor` brokers, unless it exists."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
-    await admin.start()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **kafka_client_options())
     try:
+        with told_refusals():
+            await admin.start()
         if topic in await admin.list_topics():
             return
         response = await admin.create_topics([NewTopic(topic, partitions, replication_factor)])
@@ -118,14 +197,19 @@ class KafkaProducerLink:
         this link's own if None."""
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
-            max_batch_size=256 << 10, request_timeout_ms=request_timeout_ms,
+            max_batch_size=256 << 10, request_timeout_ms=request_timeout_ms, **kafka_client_options(),
         )
         self._partitions: dict[str, list[int]] = {}
         self._partition_of: dict[tuple[str, bytes], int] = {}
         self._next_offset = {} if next_offsets is None else next_offsets
 
     async def __aenter__(self) -> KafkaProducerLink:
-        await self._producer.start()
+        try:
+            with told_refusals():
+                await self._producer.start()
+        except BaseException:
+            await self._producer.stop()  # what start opened before it failed
+            raise
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None,

@@ -27,6 +27,7 @@ from keytrail.detect.sinks import Attempts, DeliveryError, Failure, HookDown
 from keytrail.detect.sinks.dead_letter import DeadLetters
 from keytrail.transport.addresses import redacted
 from keytrail.transport.kafka import ensure_topic, quiet_bootstrap
+from keytrail.transport.kafka_security import kafka_client_options
 
 __all__ = ["ALARMS_TOPIC", "KafkaSink"]
 
@@ -130,6 +131,7 @@ class KafkaSink:
                 acks="all",
                 enable_idempotence=False,
                 request_timeout_ms=self.request_timeout_ms,
+                **kafka_client_options(),
             )
             try:
                 with quiet_bootstrap():  # the failure is logged once, by `deliver`

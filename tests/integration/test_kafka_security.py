@@ -1,0 +1,186 @@
+"""Kafka over TLS, mutual TLS and SASL ($KEYTRAIL_KAFKA_*, docs/operations.md "Kafka security"),
+against the real broker: tansu behind a TLS listener (tests/support/kafka_tls.py), and tansu
+requiring SASL SCRAM (whose memory storage keeps no user: every login is refused). Every Kafka
+client keytrail made connected in clear text with no authentication."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from keytrail.transport.kafka_security import kafka_client_options
+from tests.support.kafka_tls import Authority, tls_kafka_broker
+from tests.support.server import KeytrailServer
+from tests.support.services import free_port, kafka_broker, topic_values
+from tests.support.waits import eventually_blocking
+
+SASL_PASSWORD = "kafka-pw-7c1e"  # must never reach a log line or an error
+_SASL = {"KEYTRAIL_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KEYTRAIL_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+         "KEYTRAIL_KAFKA_SASL_USERNAME": "keytrail", "KEYTRAIL_KAFKA_SASL_PASSWORD": SASL_PASSWORD}
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
+    return Authority.make(tmp_path_factory.mktemp("kafka-tls"))
+
+
+def _tls_env(monkeypatch: pytest.MonkeyPatch, authority: Authority, *, client_certificate: bool) -> None:
+    monkeypatch.setenv("KEYTRAIL_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("KEYTRAIL_KAFKA_CA_FILE", str(authority.ca))
+    if client_certificate:
+        monkeypatch.setenv("KEYTRAIL_KAFKA_CERT_FILE", str(authority.client_cert))
+        monkeypatch.setenv("KEYTRAIL_KAFKA_KEY_FILE", str(authority.client_key))
+
+
+def _alarms(data_dir: Path) -> list[dict[str, object]]:
+    path = data_dir / "alarms.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture
+def detect_proc() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_serve_ships_over_tls_and_detect_reads_it_back_and_publishes_over_tls(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authority: Authority, mutual: bool,
+        detect_proc: list[subprocess.Popen[bytes]]) -> None:
+    _tls_env(monkeypatch, authority, client_certificate=mutual)
+    with tls_kafka_broker(authority, client_certificates=mutual) as broker:
+        server = KeytrailServer(tmp_path / "data", "--kafka", broker.bootstrap, "--no-detector").start()
+        try:
+            alice = server.client("alice")
+            key = alice.create_key()["KeyMetadata"]["Arn"]
+            blob = alice.encrypt(KeyId=key, Plaintext=b"secret")["CiphertextBlob"]
+            with pytest.raises(ClientError, match="AccessDenied"):  # bob has no grant: unauthorized-decrypt
+                server.client("bob").decrypt(CiphertextBlob=blob)
+        finally:
+            assert server.stop() == 0  # the spool shipped first
+        detect_proc.append(subprocess.Popen(
+            [sys.executable, "-m", "keytrail", "detect", "--kafka", broker.bootstrap, "--data-dir",
+             str(tmp_path / "detect"), "--tick-every", "0.5"]))
+        eventually_blocking(lambda: any(a["rule"] == "unauthorized-decrypt" for a in _alarms(tmp_path / "detect")),
+                            what="detect's unauthorized-decrypt alarm, read over TLS", timeout=60)
+        published = asyncio.run(topic_values(broker.bootstrap, "keytrail.alarms.v1", **kafka_client_options()))
+        assert published, "detect published no alarm to keytrail.alarms.v1 over TLS"
+    assert "Traceback" not in server.log.read_text()
+
+
+def _detect_once(bootstrap: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keytrail", "detect", "--kafka", bootstrap, "--data-dir",
+                           str(data_dir)], capture_output=True, text=True, timeout=120)
+
+
+def test_a_broker_certificate_from_another_ca_is_one_line_and_exit_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authority: Authority) -> None:
+    other = Authority.make(tmp_path / "other")
+    monkeypatch.setenv("KEYTRAIL_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("KEYTRAIL_KAFKA_CA_FILE", str(other.ca))
+    with tls_kafka_broker(authority) as broker:
+        done = _detect_once(broker.bootstrap, tmp_path / "d")
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"keytrail detect: --kafka {broker.bootstrap}: the broker's TLS certificate did not "
+                           "verify (certificate signature failure)"), line  # both CAs have one name
+    assert line.endswith("is $KEYTRAIL_KAFKA_CA_FILE the CA that signed it?"), line
+
+
+def test_a_listener_that_wants_a_client_certificate_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authority: Authority) -> None:
+    _tls_env(monkeypatch, authority, client_certificate=False)
+    with tls_kafka_broker(authority, client_certificates=True) as broker:
+        done = _detect_once(broker.bootstrap, tmp_path / "d")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "$KEYTRAIL_KAFKA_CERT_FILE" in done.stderr, done.stderr
+
+
+def test_plain_text_to_a_tls_listener_is_one_line_naming_the_setting(tmp_path: Path, authority: Authority) -> None:
+    with tls_kafka_broker(authority) as broker:
+        done = _detect_once(broker.bootstrap, tmp_path / "d")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"keytrail detect: --kafka {broker.bootstrap}: the broker hung up as keytrail connected over PLAINTEXT: "
+        "a listener that wants TLS or SASL does; set $KEYTRAIL_KAFKA_SECURITY_PROTOCOL"]
+
+
+def test_credentials_the_broker_refuses_are_one_line_without_the_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # aiokafka failed with KeyError 'v' on tansu's SCRAM refusal: a traceback.
+    for name, value in _SASL.items():
+        monkeypatch.setenv(name, value)
+    with kafka_broker(authentication=True) as bootstrap:
+        done = _detect_once(bootstrap, tmp_path / "d")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"keytrail detect: --kafka {bootstrap}: the broker refused keytrail's SASL credentials (SCRAM-SHA-512 as "
+        "'keytrail'): check $KEYTRAIL_KAFKA_SASL_USERNAME and the password"]
+
+
+def test_serve_refuses_to_start_on_a_broker_refusing_its_credentials_in_one_line_without_the_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in _SASL.items():
+        monkeypatch.setenv(name, value)
+    with kafka_broker(authentication=True) as bootstrap:
+        done = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "d"),
+                               "--port", str(free_port()), "--kafka", bootstrap], capture_output=True, text=True,
+                              timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"keytrail serve: --kafka {bootstrap}: the broker refused keytrail's SASL credentials (SCRAM-SHA-512 as "
+        "'keytrail'): check $KEYTRAIL_KAFKA_SASL_USERNAME and the password"]
+
+
+def test_a_broker_refusing_serve_after_its_start_pauses_shipping_and_says_why_without_the_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Out of reach at start (serve starts, as on a broker down), then up, refusing the credentials.
+    for name, value in _SASL.items():
+        monkeypatch.setenv(name, value)
+    port = free_port()
+    server = KeytrailServer(tmp_path / "data", "--kafka", f"127.0.0.1:{port}", "--no-detector").start()
+    try:
+        server.client("alice").create_key()  # answered: the spool holds it until Kafka takes it
+        with kafka_broker(port, authentication=True):
+            eventually_blocking(lambda: "refused keytrail's SASL credentials" in server.log.read_text(),
+                                what="the shipper's line saying the broker refused it", timeout=60)
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert (f"audit shipping to 127.0.0.1:{port} paused for" in log
+            and ": the broker refused keytrail's SASL credentials (SCRAM-SHA-512 as 'keytrail')" in log), log
+    assert SASL_PASSWORD not in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"KEYTRAIL_KAFKA_SECURITY_PROTOCOL": "TLS"},
+     "$KEYTRAIL_KAFKA_SECURITY_PROTOCOL: 'TLS' is none of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+    ({"KEYTRAIL_KAFKA_SECURITY_PROTOCOL": "SSL", "KEYTRAIL_KAFKA_CA_FILE": "/nonexistent/ca.pem"},
+     "$KEYTRAIL_KAFKA_CA_FILE /nonexistent/ca.pem: no such file"),
+    ({**_SASL, "KEYTRAIL_KAFKA_SASL_PASSWORD": ""},
+     "neither $KEYTRAIL_KAFKA_SASL_PASSWORD_FILE nor $KEYTRAIL_KAFKA_SASL_PASSWORD is set: SCRAM-SHA-512 needs a "
+     "password"),
+])
+def test_serve_refuses_kafka_security_settings_that_cannot_work_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], said: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    done = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "d"), "--port",
+                           str(free_port()), "--kafka", "127.0.0.1:9"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [f"keytrail serve: {said}"]
+    assert not (tmp_path / "d").exists()  # refused before anything is written
