@@ -118,3 +118,13 @@ def test_a_broker_refusing_the_credentials_is_said_so_not_out_of_reach() -> None
 
 def test_a_broker_out_of_reach_is_no_refusal() -> None:
     assert refusal([ConnectionRefusedError(111, "Connection refused")], KafkaSecurity.from_environment(SCRAM)) is None
+
+
+def test_a_plain_listener_hanging_up_on_the_tls_hello_is_named() -> None:
+    # Apache Kafka reads a TLS hello as a request larger than socket.request.max.bytes and hangs up.
+    eof = ssl.SSLEOFError(8, "[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred in violation of protocol")
+    eof.reason = "UNEXPECTED_EOF_WHILE_READING"
+    refused = refusal([eof], KafkaSecurity.from_environment({"KEYTRAIL_KAFKA_SECURITY_PROTOCOL": "SSL"}))
+    assert refused is not None and str(refused) == (
+        "TLS with the broker failed (UNEXPECTED_EOF_WHILE_READING): is that a TLS listener? If not, set "
+        "$KEYTRAIL_KAFKA_SECURITY_PROTOCOL to PLAINTEXT or SASL_PLAINTEXT")

@@ -262,7 +262,9 @@ def _tls_hint(error: ssl.SSLError, security: KafkaSecurity) -> str:
     if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
         return (f"the broker wants a client certificate: set ${CERT_FILE_ENV} and ${KEY_FILE_ENV}"
                 if not security.cert_file else "did the broker refuse the client certificate?")
-    if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason or "PACKET_LENGTH" in reason:
+    # A plain listener answers a TLS hello with Kafka bytes, or hangs up (Apache Kafka reads the hello
+    # as a request over socket.request.max.bytes): an EOF in the handshake.
+    if any(said in reason for said in ("WRONG_VERSION_NUMBER", "RECORD_LAYER", "PACKET_LENGTH", "EOF")):
         return f"is that a TLS listener? If not, set ${PROTOCOL_ENV} to PLAINTEXT or SASL_PLAINTEXT"
     return f"check ${PROTOCOL_ENV} and the broker's listener"
 
