@@ -57,7 +57,7 @@ def detect_proc() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
-def test_serve_ships_over_tls_and_detect_reads_it_back_and_publishes_over_tls(
+def test_serve_ships_over_tls_and_detect_and_consume_read_it_back_and_detect_publishes_over_tls(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authority: Authority, mutual: bool,
         detect_proc: list[subprocess.Popen[bytes]]) -> None:
     _tls_env(monkeypatch, authority, client_certificate=mutual)
@@ -78,6 +78,11 @@ def test_serve_ships_over_tls_and_detect_reads_it_back_and_publishes_over_tls(
                             what="detect's unauthorized-decrypt alarm, read over TLS", timeout=60)
         published = asyncio.run(topic_values(broker.bootstrap, "keytrail.alarms.v1", **kafka_client_options()))
         assert published, "detect published no alarm to keytrail.alarms.v1 over TLS"
+        consumed = subprocess.run([sys.executable, "-m", "keytrail", "consume", "--kafka", broker.bootstrap,
+                                   "--data-dir", str(tmp_path / "metrics"), "--exit-when-idle", "3"],
+                                  capture_output=True, text=True, timeout=120)
+    assert consumed.returncode == 0, consumed.stderr
+    assert "consumed 3 records: 3 counted" in consumed.stderr, consumed.stderr  # CreateKey, Encrypt, Decrypt
     assert "Traceback" not in server.log.read_text()
 
 

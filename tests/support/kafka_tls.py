@@ -104,6 +104,10 @@ class _TlsRelay:
         self._started.set()
         async with server:
             await self._stopping.wait()
+        relays = asyncio.all_tasks() - {asyncio.current_task()}  # connections still open: closed with the loop
+        for relay in relays:
+            relay.cancel()
+        await asyncio.gather(*relays, return_exceptions=True)
 
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
