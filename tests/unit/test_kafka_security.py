@@ -128,3 +128,20 @@ def test_a_plain_listener_hanging_up_on_the_tls_hello_is_named() -> None:
     assert refused is not None and str(refused) == (
         "TLS with the broker failed (UNEXPECTED_EOF_WHILE_READING): is that a TLS listener? If not, set "
         "$KEYTRAIL_KAFKA_SECURITY_PROTOCOL to PLAINTEXT or SASL_PLAINTEXT")
+
+
+async def test_the_kafka_alarm_hook_whose_ca_file_went_missing_is_down_and_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Checked at start, the file can still go (a CA rotated by hand): the hook's delivery raised
+    # KafkaSecurityError, which its retries (KafkaError, OSError) did not take for a hook down.
+    from keytrail.detect.engine import Detector
+    from keytrail.detect.sinks import HookDown
+    from keytrail.detect.sinks.kafka import KafkaSink
+    from tests.unit.detect.records import T0, denied, key_arn, user
+
+    [alarm] = Detector().process([denied("Decrypt", T0, key_arn(1), user("eve"))])
+    monkeypatch.setenv("KEYTRAIL_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("KEYTRAIL_KAFKA_CA_FILE", str(tmp_path / "rotated-away.pem"))
+    sink = KafkaSink("127.0.0.1:9", attempts=1, backoff=0.001)
+    with pytest.raises(HookDown, match=r"KEYTRAIL_KAFKA_CA_FILE .*rotated-away.pem: no such file"):
+        await sink.deliver(alarm)

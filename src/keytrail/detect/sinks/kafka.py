@@ -27,7 +27,7 @@ from keytrail.detect.sinks import Attempts, DeliveryError, Failure, HookDown
 from keytrail.detect.sinks.dead_letter import DeadLetters
 from keytrail.transport.addresses import redacted
 from keytrail.transport.kafka import ensure_topic, quiet_bootstrap
-from keytrail.transport.kafka_security import kafka_client_options
+from keytrail.transport.kafka_security import KafkaSecurityError, kafka_client_options
 
 __all__ = ["ALARMS_TOPIC", "KafkaSink"]
 
@@ -93,7 +93,9 @@ class KafkaSink:
     async def _send(self, value: bytes, key: bytes) -> Failure | None:
         try:
             producer = await self._start()
-        except (KafkaError, OSError) as exc:  # no broker: out of reach for every alarm
+        # No broker, or none keytrail may reach (its TLS or SASL settings, a CA file gone since the
+        # start checked them): out of reach for every alarm.
+        except (KafkaError, OSError, KafkaSecurityError) as exc:
             await self.aclose()
             return Failure(str(exc) or type(exc).__name__, down=not isinstance(exc, REFUSALS))
         try:
