@@ -35,6 +35,10 @@ NOTES = {
                     "toward its Region's 100,000 keys",
     "CreateAlias": "at most 50 aliases per key (LimitExceededException), AWS's default quota",
     "UpdateAlias": "at most 50 aliases per key (LimitExceededException), AWS's default quota",
+    "DescribeKey": "a predefined alias (`alias/aws/s3`, …) with no key yet makes its AWS managed key "
+                   "(Checked against AWS below)",
+    "ListAliases": "lists the predefined `alias/aws/…` aliases too, without TargetKeyId until their AWS managed "
+                   "key is made",
     "CreateGrant": "at most 50,000 grants per key (LimitExceededException), AWS's default quota; "
                    "GranteeServicePrincipal and RetiringServicePrincipal refused: no AWS service calls keytrail "
                    "(docs/authorization.md)",
@@ -150,14 +154,33 @@ CHECKED = [
         "principals. Statement 2 names 'bob'.`; it used to read `Policy statement 2 contains a statement …`).",
     ),
     (
-        "`ListAliases`, and a `KeyId` of `alias/aws/<service>`",
-        "The ListAliases reference: the response \"might include several aliases that do not have a "
-        "TargetKeyId field\", the aliases AWS predefines for AWS managed keys (`alias/aws/s3`, …), whose keys "
-        "AWS services create when first used.",
-        "No AWS managed keys: no AWS service calls keytrail to create one. `ListAliases` lists the caller's "
-        "aliases only, an `alias/aws/…` `KeyId` is `NotFoundException` as any unknown alias, and `CreateAlias` "
-        "refuses the prefix (`InvalidAliasNameException`), as AWS does. Records imported from AWS that name AWS "
-        "managed keys are priced as AWS prices them (no storage cost).",
+        "`DescribeKey` and `ListAliases` with the predefined aliases of AWS managed keys (`alias/aws/s3`, …)",
+        "The DescribeKey reference: \"If you call DescribeKey on a predefined AWS alias, that is, an AWS alias "
+        "with no key ID, AWS KMS creates an AWS managed key\", and associates the alias (Terraform's "
+        "`data \"aws_kms_key\"` does this to learn the ARN for SSE-KMS). The ListAliases reference: the response "
+        "\"might include several aliases that do not have a TargetKeyId field\", predefined aliases not yet "
+        "associated with a key. An AWS managed key (developer guide, \"AWS managed keys\"): KeyManager `AWS`, "
+        "rotated every year, a key policy no one can change that allows `Encrypt`, `Decrypt`, `ReEncrypt*`, "
+        "`GenerateDataKey*` and `DescribeKey` to the account's principals through the service only "
+        "(`kms:CallerAccount`, `kms:ViaService`), and `Describe*`, `Get*`, `List*` to the account; no storage "
+        "charge.",
+        "`DescribeKey` on a predefined alias (acm, dynamodb, ebs, elasticfilesystem, es, glue, kinesisvideo, "
+        "lambda, rds, redshift, s3, secretsmanager, sns, sqs, ssm, xray) with no key yet makes its AWS managed "
+        "key and associates the alias (it used to be `NotFoundException`); once, however many nodes are asked at "
+        "once (its key id is fixed by account, Region and alias, and it is made under that key's lock). Other "
+        "operations naming such an alias answer `NotFoundException` until then. Description: `Default key that "
+        "protects my S3 objects when no other key is defined` (the service's words vary on AWS, older keys say "
+        "`master key`). With AWS's key policy, a direct `Encrypt` or `GenerateDataKey` and every change "
+        "(`EnableKey`, `DisableKey`, `ScheduleKeyDeletion`, `PutKeyPolicy`, `TagResource`, `UntagResource`, "
+        "`CreateAlias` onto it, `Enable`/`DisableKeyRotation`, `RotateKeyOnDemand`, `UpdateKeyDescription`, "
+        "`CreateGrant`) is `AccessDeniedException`, for an IAM user allowed `kms:*` and the account root alike: "
+        "no AWS service calls keytrail, so nothing uses the key. `UpdateAlias` and `DeleteAlias` of "
+        "`alias/aws/…` stay `InvalidAliasNameException`, and `CreateAlias` refuses the prefix, as AWS does. "
+        "`ListAliases` without `KeyId` lists the predefined aliases, in name order among the caller's, with "
+        "`AliasName` and `AliasArn` only until their key is made. CloudTrail: the `DescribeKey` call alone (no "
+        "`CreateKey` service event is written). Costs: no storage charge, requests priced as any key's; the "
+        "unused-key rule and the report skip it (its `alias/aws/…` names it AWS managed). Any other "
+        "`alias/aws/<name>` is `NotFoundException` as any unknown alias.",
     ),
     (
         "`CreateKey` with `XksKeyId`, or `CustomKeyStoreId`, and an `Origin` that is no custom key store (or none)",

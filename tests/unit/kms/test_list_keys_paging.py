@@ -181,10 +181,10 @@ async def test_a_made_up_marker_in_keytrails_format_is_invalid(
 async def test_a_made_up_marker_of_list_aliases_is_invalid(tmp_path: Path, position: str) -> None:
     # ListAliases' positions are one name (tests/unit/kms/test_list_aliases_paging.py)
     store, service = allow_all_service(tmp_path)
-    await store.put_alias(Alias(ACCOUNT, REGION, "alias/a", "k", START, START))
+    await store.put_alias(Alias(ACCOUNT, REGION, "alias/zz", "k", START, START))
     tag = hashlib.sha256(f"ListAliases {ACCOUNT} {REGION} *".encode()).hexdigest()[:16]
     marker = base64.urlsafe_b64encode(f'["{tag}"{position}]'.encode()).decode()
-    good = base64.urlsafe_b64encode(f'["{tag}","alias/a"]'.encode()).decode()
+    good = base64.urlsafe_b64encode(f'["{tag}","alias/zz"]'.encode()).decode()  # past alias/aws/…
     assert (await service.execute("ListAliases", alice(), {"Marker": good}))["Aliases"] == []
     with pytest.raises(errors.InvalidMarkerException):
         await service.execute("ListAliases", alice(), {"Marker": marker})

@@ -87,7 +87,7 @@ async def test_alias_slash_alone_is_no_alias_name(tmp_path: Path) -> None:
     with pytest.raises(errors.InvalidAliasNameException) as caught:
         await service.execute("CreateAlias", alice(), {"AliasName": "alias/", "TargetKeyId": key})
     assert caught.value.message == 'Alias must include a name after the prefix "alias/".'
-    assert (await service.execute("ListAliases", alice(), {}))["Aliases"] == []
+    assert [a for a in (await service.execute("ListAliases", alice(), {}))["Aliases"] if "TargetKeyId" in a] == []
     missing = f"Alias arn:aws:kms:us-east-1:{ACCOUNT}:alias/ is not found."
     for operation, params in (
         ("UpdateAlias", {"AliasName": "alias/", "TargetKeyId": key}),
@@ -107,7 +107,7 @@ async def test_an_alias_slash_alone_made_before_the_check_can_still_be_deleted(t
     assert await store.add_alias(Alias(ACCOUNT, "us-east-1", "alias/", key_id, now, now))
     assert (await service.execute("DescribeKey", alice(), {"KeyId": "alias/"}))["KeyMetadata"]["KeyId"] == key_id
     await service.execute("DeleteAlias", alice(), {"AliasName": "alias/"})
-    assert (await service.execute("ListAliases", alice(), {}))["Aliases"] == []
+    assert [a for a in (await service.execute("ListAliases", alice(), {}))["Aliases"] if "TargetKeyId" in a] == []
 
 
 @pytest.mark.parametrize(("spec", "usage"), [("ECC_NIST_P256", "SIGN_VERIFY"), ("HMAC_256", "GENERATE_VERIFY_MAC")])

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keytrail.kms import errors
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.identifiers import KeyRefError, RefKind, key_arn, parse_key_ref
 from keytrail.kms.keys import Key
+from keytrail.kms.managed_keys import PREDEFINED
 from keytrail.kms.store import Alias
 
 if TYPE_CHECKING:
@@ -209,16 +210,42 @@ async def list_aliases(svc: KmsService, call: Call) -> Response:
     listing = f"ListAliases {context.account} {context.region} {listed}"
     limit = page_limit(call.params, 50)  # ListAliases' default
     after = marked_position(call.params, listing, (str,))
-    aliases: list[Alias] = []
+    stored: list[Alias] = []
+    start = str(after[0]) if after else None
     if key_id != listed:  # not another account's key, whose aliases are not listed
-        aliases = await svc.store.list_aliases_page(context.account, context.region,
-                                                    str(after[0]) if after else None, limit + 1, key_id)
-    chunk, paging = paged(aliases, limit, lambda a: (a.name,), listing)
-    entries = [{
-        "AliasName": a.name, "AliasArn": svc.alias_arn(call, a.name), "TargetKeyId": a.key_id,
-        "CreationDate": a.creation_date, "LastUpdatedDate": a.last_updated_date,
-    } for a in chunk]
-    return {"Aliases": entries, **paging}
+        stored = await svc.store.list_aliases_page(context.account, context.region, start, limit + 1, key_id)
+    aliases = _with_predefined(stored, start, limit + 1) if key_id is None else [*stored]
+    chunk, paging = paged(aliases, limit, lambda a: (_listed_name(a),), listing)
+    return {"Aliases": [_entry(svc, call, a) for a in chunk], **paging}
+
+
+# A stored alias, or the name of a predefined alias whose AWS managed key is not made yet.
+Listed = Alias | str
+
+
+def _listed_name(item: Listed) -> str:
+    return item if isinstance(item, str) else item.name
+
+
+def _with_predefined(stored: list[Alias], after: str | None, count: int) -> list[Listed]:
+    """The first `count` of the stored page and the predefined aliases after `after` that the store
+    does not hold: ListAliases lists those too, with no TargetKeyId ("predefined aliases that AWS
+    has created but has not yet associated with a KMS key", ListAliases reference). A predefined
+    alias the store holds is in `stored` if it sorts before the page's last alias, or if the page
+    is the listing's last; if not, it sorts past the `count` returned."""
+    held = {alias.name for alias in stored}
+    waiting = (name for name in PREDEFINED if (after is None or name > after) and name not in held)
+    listed: list[Listed] = [*stored, *waiting]
+    return sorted(listed, key=_listed_name)[:count]
+
+
+def _entry(svc: KmsService, call: Call, item: Listed) -> dict[str, Any]:
+    if isinstance(item, str):
+        return {"AliasName": item, "AliasArn": svc.alias_arn(call, item)}
+    return {
+        "AliasName": item.name, "AliasArn": svc.alias_arn(call, item.name), "TargetKeyId": item.key_id,
+        "CreationDate": item.creation_date, "LastUpdatedDate": item.last_updated_date,
+    }
 
 
 OPERATIONS: dict[str, Operation] = {

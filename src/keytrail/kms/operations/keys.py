@@ -22,6 +22,7 @@ from keytrail.kms.material import generate_secret
 from keytrail.kms.metadata import key_metadata
 from keytrail.kms.model import KeySpec, KeyState, KeyUsage, Origin
 from keytrail.kms.operations.hsm_keys import as_its_store_leaves_it
+from keytrail.kms.operations.managed_keys import ensure_managed_key
 from keytrail.kms.paging import dated_position, page_limit, paged
 from keytrail.kms.partitions import partition_of
 from keytrail.kms.policy import default_policy, validate_key_policy
@@ -188,6 +189,7 @@ async def _with_first_material(svc: KmsService, call: Call, key: Key) -> Key:
 
 
 async def describe_key(svc: KmsService, call: Call) -> Response:
+    await ensure_managed_key(svc, call, call.params["KeyId"])  # alias/aws/s3 with no key yet: made now
     key = await svc.find_key(call, call.params["KeyId"])
     await svc.authorize(call, "kms:DescribeKey", key)
     return {"KeyMetadata": key_metadata(key)}
@@ -282,7 +284,8 @@ def _state_after_cancelled_deletion(key: Key) -> KeyState:
 
 OPERATIONS: dict[str, Operation] = {
     "CreateKey": Operation(create_key),
-    "DescribeKey": Operation(describe_key, read_only=True),
+    # readOnly, as CloudTrail marks it, but it writes the AWS managed key it makes (its record is owed)
+    "DescribeKey": Operation(describe_key, read_only=True, writes=True),
     "ListKeys": Operation(list_keys, read_only=True),
     "EnableKey": Operation(enable_key),
     "DisableKey": Operation(disable_key),
