@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 
 from keytrail.kms.sealing import ROOT_KEY_ENV
 from tests.support.postgres import database_url, scratch_database
-from tests.support.server import ACCOUNT, KeytrailServer
+from tests.support.server import ACCOUNT, KeytrailServer, two_nodes
 from tests.support.waits import eventually_blocking
 
 pytestmark = pytest.mark.integration
@@ -43,15 +43,8 @@ def nodes(tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch) -> It
                                                                                              KeytrailServer]]:
     """Nodes A and B on one store and one root key, each with its own data dir (audit log, consumer)."""
     monkeypatch.setenv(ROOT_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
-    first = KeytrailServer(tmp_path / "a", "--store", store_url).start()
-    try:
-        second = KeytrailServer(tmp_path / "b", "--store", store_url).start()
-        try:
-            yield first, second
-        finally:
-            assert second.stop() == 0
-    finally:
-        assert first.stop() == 0
+    with two_nodes(tmp_path, store_url) as both:
+        yield both
 
 
 def _code(call: Any, **kwargs: Any) -> str:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from keytrail.kms.sealing import ROOT_KEY_ENV
 from tests.integration.e2e.support import audit_events, reply_id
 from tests.support.postgres import database_url, scratch_database
-from tests.support.server import KeytrailServer
+from tests.support.server import KeytrailServer, two_nodes
 
 pytestmark = pytest.mark.integration
 
@@ -35,16 +35,8 @@ Answer = tuple[str, str]  # the error code ("OK" for a success), the request id
 def nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Nodes]:
     """Nodes A and B on one scratch database and one root key, each with its own data dir (and trail)."""
     monkeypatch.setenv(ROOT_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
-    with scratch_database() as name:
-        first = KeytrailServer(tmp_path / "a", "--store", database_url(name)).start()
-        try:
-            second = KeytrailServer(tmp_path / "b", "--store", database_url(name)).start()
-            try:
-                yield first, second
-            finally:
-                assert second.stop() == 0
-        finally:
-            assert first.stop() == 0
+    with scratch_database() as name, two_nodes(tmp_path, database_url(name)) as both:
+        yield both
 
 
 def _at_once(calls: list[tuple[Any, str, dict[str, Any]]]) -> list[Answer]:

@@ -266,7 +266,11 @@ def test_malformed_secret_values_are_refused_without_being_echoed(tmp_path: Path
 
 
 def _signed_post(server: KeytrailServer, operation: str, body: dict[str, Any]) -> tuple[int, str]:
-    raw = json.dumps(body).encode()
+    return signed_post_raw(server, operation, json.dumps(body).encode())
+
+
+def signed_post_raw(server: KeytrailServer, operation: str, raw: bytes) -> tuple[int, str]:
+    """alice's call of `operation` with the body `raw` as sent, signed: its status and answer."""
     request = AWSRequest("POST", server.endpoint + "/", data=raw, headers={
         "X-Amz-Target": f"TrentService.{operation}", "Content-Type": "application/x-amz-json-1.1"})
     SigV4Auth(Credentials(PRINCIPALS["alice"][1], PRINCIPALS["alice"][2]), "kms", "us-east-1").add_auth(request)

@@ -19,8 +19,6 @@ import json
 import os
 import stat
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -29,10 +27,7 @@ from typing import Any
 import aiomqtt
 import boto3
 import pytest
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.config import Config
-from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from keytrail.audit.schema import EventCodec
@@ -49,6 +44,7 @@ from tests.integration.test_secrets_not_logged import (
     _imported,
     _mac,
     _symmetric,
+    signed_post_raw,
 )
 from tests.support.postgres import database_url, fetch, scratch_database
 from tests.support.processes import child_commands
@@ -195,7 +191,7 @@ def _failing_calls(server: KeytrailServer, secrets: Secrets, outputs: Outputs) -
     _client(server, PRINCIPALS["app"][1], PRINCIPALS["app"][2], token).encrypt(KeyId=key, Plaintext=b"x")
     mark = secrets.new("malformed body").hex()
     for body in (f'{{"KeyId": "{key}", "Plaintext": "{mark}', f'{{"KeyId": "{key}", "Plaintext": ["{mark}"]}}'):
-        status, answer = _signed_post_raw(server, "Encrypt", body.encode())
+        status, answer = signed_post_raw(server, "Encrypt", body.encode())
         outputs.add("answer to a malformed Encrypt body", answer)
         assert status == 400, answer
     _policy_open_to_anyone(kms, key)
@@ -211,23 +207,6 @@ def _client(server: KeytrailServer, access_key: str, secret: str, token: str | N
         aws_session_token=token,
         config=Config(retries={"total_max_attempts": 1}),
     )
-
-
-def _signed_post_raw(server: KeytrailServer, operation: str, raw: bytes) -> tuple[int, str]:
-    """A signed POST of `raw` (not JSON) to `operation`: the status and the answer's body."""
-    request = AWSRequest(
-        "POST",
-        server.endpoint + "/",
-        data=raw,
-        headers={"X-Amz-Target": f"TrentService.{operation}", "Content-Type": "application/x-amz-json-1.1"},
-    )
-    SigV4Auth(Credentials(PRINCIPALS["alice"][1], PRINCIPALS["alice"][2]), "kms", "us-east-1").add_auth(request)
-    sent = urllib.request.Request(server.endpoint + "/", data=raw, headers=dict(request.headers.items()), method="POST")
-    try:
-        with urllib.request.urlopen(sent, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def _policy_open_to_anyone(kms: Any, key: str) -> None:

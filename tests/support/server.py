@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -167,3 +168,18 @@ class KeytrailServer:
         status, body = self.post("/_keytrail/clock/advance", {"seconds": seconds})
         assert status == 200, body
         return str(body["now"])
+
+
+@contextmanager
+def two_nodes(parent: Path, store_url: str) -> Iterator[tuple[KeytrailServer, KeytrailServer]]:
+    """Nodes A and B on the key store `store_url` (with the root key the environment gives both),
+    each with its own data dir under `parent` (its own audit log and consumer); each stops cleanly."""
+    first = KeytrailServer(parent / "a", "--store", store_url).start()
+    try:
+        second = KeytrailServer(parent / "b", "--store", store_url).start()
+        try:
+            yield first, second
+        finally:
+            assert second.stop() == 0
+    finally:
+        assert first.stop() == 0
