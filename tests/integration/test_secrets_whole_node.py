@@ -46,6 +46,7 @@ from tests.integration.test_secrets_not_logged import (
     _symmetric,
     signed_post_raw,
 )
+from tests.support.certificates import self_signed_pem
 from tests.support.postgres import database_url, fetch, scratch_database
 from tests.support.processes import child_commands
 from tests.support.server import PRINCIPALS, KeytrailServer
@@ -233,7 +234,7 @@ def _custom_key_store(server: KeytrailServer, hsm: SoftHsm, secrets: Secrets, ou
         CustomKeyStoreName="leak-check",
         CloudHsmClusterId=HSM_CLUSTER,
         KeyStorePassword=hsm.user_pin,
-        TrustAnchorCertificate=_certificate(),
+        TrustAnchorCertificate=self_signed_pem("leak-check"),
     )["CustomKeyStoreId"]
     kms.connect_custom_key_store(CustomKeyStoreId=store)
     assert _connection(kms, store)["ConnectionState"] == "CONNECTED"
@@ -259,30 +260,6 @@ def _connection(kms: Any, store: str) -> dict[str, Any]:
         return None if found["ConnectionState"] == "CONNECTING" else found
 
     return eventually(settled, what="the custom key store's connection settled")
-
-
-def _certificate() -> str:
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "leak-check")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def _children_exposure(server: KeytrailServer, outputs: Outputs) -> None:

@@ -9,17 +9,13 @@ custom key store only, as a CloudHSM cluster does).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from keytrail.kms.hsm_thread import TIMEOUT_ENV
+from tests.support.certificates import self_signed_pem
 from tests.support.postgres import fresh_database
 from tests.support.softhsm import SoftHsm, softhsm_module, softhsm_token
 
@@ -55,20 +51,7 @@ def clusters(hsm: SoftHsm) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def trust_anchor() -> str:
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keytrail test HSM issuer")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .sign(private, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return self_signed_pem("keytrail test HSM issuer")
 
 
 @pytest.fixture
