@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from keytrail.clock import ManualClock
 from keytrail.kms import errors
+from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
 from keytrail.kms.managed_keys import PREDEFINED, managed_key_id
 from keytrail.kms.model import KeyManager
-from keytrail.kms.service import KmsService
+from keytrail.kms.sealing import RootKey
+from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Alias
-from tests.support.allow_all import ACCOUNT, alice, allow_all_service
+from tests.support.allow_all import ACCOUNT, AllowAll, alice, allow_all_service
 
 REGION = "us-east-1"  # alice()'s
 
@@ -90,6 +94,24 @@ async def test_other_aliases_make_no_key(service: tuple[SqliteStore, KmsService]
     with pytest.raises(errors.NotFoundException):
         await svc.execute("DescribeKey", alice(), {"KeyId": name})
     assert await store.all_keys() == []
+
+
+class DenyAll(AllowAll):
+    """Refuses every call (no policy allows it)."""
+
+    def authorize(self, request: AccessRequest) -> AccessDecision:
+        return AccessDecision(Verdict.IMPLICIT_DENY)
+
+
+async def test_a_caller_who_may_not_describe_the_key_makes_none(tmp_path: Path) -> None:
+    # A caller refused everything made the key all the same: 16 keys in each Region name it signed for.
+    store = SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32)))
+    deny = DenyAll()
+    svc = KmsService(ServiceDeps(store=store, clock=ManualClock(), audit=deny, authorizer=deny))
+    with pytest.raises(errors.AccessDeniedException):
+        await svc.execute("DescribeKey", alice(), {"KeyId": "alias/aws/s3"})
+    assert await store.all_keys() == []
+    assert await store.get_alias(ACCOUNT, REGION, "alias/aws/s3") is None
 
 
 @pytest.mark.parametrize("operation", ["Encrypt", "GenerateDataKey"])

@@ -45,6 +45,9 @@ async def ensure_managed_key(svc: KmsService, call: Call, raw: str) -> None:
         if await svc.store.get_key(ref.account, ref.region, key_id) is None:
             material = svc.new_material(await generate_secret(KeySpec.SYMMETRIC_DEFAULT), created=now)
             key = managed_key(service, ref.account, ref.region, material)
+            # Only for a caller who may describe it: else any caller, refused everything, could fill
+            # the store with 16 keys in each Region name it signs for (any well-formed name is one).
+            await svc.authorize(call, "kms:DescribeKey", key)
             call.resource(key.arn)  # before the write: the record it owes names the key
             await svc.store.put_key(key)
         # The alias's name is unique in the store: a call that associated it first keeps it.
