@@ -2,29 +2,25 @@
 
 A condition restricts only when an outsider cannot satisfy it: an equality (or wildcard-free
 `Like`) operator, not `…IfExists` (absent keys pass), with concrete values (no `*`, `?` or policy
-variables). Access Analyzer and Security Hub KMS.5 read conditions the same way
-(audit-anchors §2.2, §2.3); prowler#970 is the false positive this avoids.
+variables), or wildcards only past the account of an ARN or the organization of an org path.
+Access Analyzer and Security Hub KMS.5 read conditions the same way (audit-anchors §2.2, §2.3);
+prowler#970 is the false positive this avoids.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Pinning", "arn_account", "as_list", "read_perimeter", "read_pinning"]
 
-_EQUALITY_OPERATORS = frozenset(
-    {"stringequals", "stringequalsignorecase", "stringlike", "arnequals", "arnlike"}
-)
+_EQUALITY_OPERATORS = frozenset({"stringequals", "stringequalsignorecase", "stringlike", "arnequals", "arnlike"})
 # Not aws:ResourceAccount: in a key policy the resource is the key, so it is always the key's own
 # account, whoever calls; equal to it, the condition lets everyone through.
-_ACCOUNT_KEYS = frozenset(
-    {"kms:calleraccount", "aws:sourceaccount", "aws:sourceowner", "aws:principalaccount"}
-)
-_ORG_KEYS = frozenset(
-    {"aws:principalorgid", "aws:sourceorgid", "aws:principalorgpaths", "aws:sourceorgpaths"}
-)
+_ACCOUNT_KEYS = frozenset({"kms:calleraccount", "aws:sourceaccount", "aws:sourceowner", "aws:principalaccount"})
+_ORG_KEYS = frozenset({"aws:principalorgid", "aws:sourceorgid", "aws:principalorgpaths", "aws:sourceorgpaths"})
 _ARN_KEYS = frozenset({"aws:sourcearn", "aws:principalarn"})
 # A named VPC or VPC endpoint: only calls through the key owner's network match, which S3's "public"
 # test, Prowler and Access Analyzer (a VPC finding, not a public one) all take as not public. The
@@ -70,15 +66,21 @@ def read_pinning(condition: Any) -> Pinning:
                 grant_for_resource |= _true(keys, "kms:grantisforawsresource")
             continue
         for key, values in keys.items():
-            concrete = [v for v in as_list(values) if _concrete(v)]
-            if not concrete or len(concrete) != len(as_list(values)):
-                continue  # one wildcard value lets anyone match
             name = key.lower()
             if operator.lower().startswith("forallvalues:") and name not in _ALWAYS_PRESENT:
                 continue
+            if name in _ORG_KEYS and (org_ids := _org_ids(as_list(values))):
+                orgs.update(org_ids)
+                continue
+            if name in _ARN_KEYS and (arn_accounts := _wildcard_arn_accounts(operator, as_list(values))):
+                accounts.update(arn_accounts)
+                continue
+            concrete = [v for v in as_list(values) if _concrete(v)]
+            if not concrete or len(concrete) != len(as_list(values)):
+                continue  # one wildcard value lets anyone match
             if name in _ACCOUNT_KEYS:
                 accounts.update(concrete)
-            elif name in _ORG_KEYS:
+            elif name in _ORG_KEYS:  # a value no organization has: it lets no one in
                 orgs.update(v.split("/", 1)[0] for v in concrete)
             elif name in _ARN_KEYS:
                 arns.update(concrete)
@@ -143,6 +145,49 @@ def _restricting(operator: str) -> bool:
     for prefix in ("foranyvalue:", "forallvalues:"):
         name = name.removeprefix(prefix)
     return name in _EQUALITY_OPERATORS  # …IfExists and Not… operators never pin
+
+
+# An organization path (`o-a1b2c3d4e5/r-ab12/ou-ab12-11111111/*`, AWS's own example takes a whole
+# OU with a trailing `*`): the organization is the part before the first `/`, which a wildcard
+# after it cannot reach.
+_ORG_PATH = re.compile(r"(o-[a-z0-9]+)(?:/.*)?", re.ASCII)
+# An ARN up to its account field: `arn:PARTITION:SERVICE:REGION:ACCOUNT:`.
+_ARN_HEAD = re.compile(r"arn:([^:]*):([^:]*):([^:]*):([^:]*):", re.ASCII)
+
+
+def _org_ids(values: list[Any]) -> frozenset[str]:
+    """The organizations that organization ids or paths name, one a value; empty when a value
+    names none (a wildcard in the id itself, `o-*`, lets any organization match)."""
+    orgs = set()
+    for value in values:
+        match = _ORG_PATH.fullmatch(value) if isinstance(value, str) else None
+        if match is None or not _concrete(match.group(1)):
+            return frozenset()
+        orgs.add(match.group(1))
+    return frozenset(orgs)
+
+
+def _wildcard_arn_accounts(operator: str, values: list[Any]) -> frozenset[str]:
+    """The accounts of ARN values when some have wildcards only after a concrete account
+    (`arn:aws:iam::111122223333:role/app-*`): any principal or resource of that account may match,
+    so the condition pins the account, not named ARNs (Access Analyzer reads it as that account's
+    access). Empty when every value is concrete (named ARNs, read as such) or one names no account.
+    `ArnLike` matches each ARN field apart, so a wildcard region stays in its field; `StringLike`
+    matches the whole text, where a `*` before the account could take in another account's ARN."""
+    if all(_concrete(v) for v in values):
+        return frozenset()
+    per_field = operator.lower().removeprefix("foranyvalue:").startswith("arn")
+    accounts = set()
+    for value in values:
+        match = _ARN_HEAD.match(value) if isinstance(value, str) else None
+        if match is None:
+            return frozenset()
+        account = match.group(4)
+        head_concrete = _concrete(account) if per_field else _concrete(match.group(0))
+        if not (head_concrete and account.isdigit() and len(account) == 12):
+            return frozenset()
+        accounts.add(account)
+    return frozenset(accounts)
 
 
 def _concrete(value: Any) -> bool:

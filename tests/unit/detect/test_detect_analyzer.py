@@ -75,6 +75,17 @@ def codes(*statements: dict[str, Any]) -> list[str]:
         # a call from outside any VPC has no aws:SourceVpce: IfExists lets it through
         (allow("*", condition={"StringEqualsIfExists": {"aws:SourceVpce": "vpce-1a2b3c4d"}}), ["public"]),
         (allow("*", condition={"StringLike": {"aws:SourceVpc": "vpc-*"}}), ["public"]),
+        # a wildcard in the account field, or before it under StringLike (which matches the whole
+        # text: `*` there may take in `:999988887777:`), or in the organization id pins nothing
+        (allow("*", condition={"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::*:role/app"}}), ["public"]),
+        (
+            allow("*", condition={"StringLike": {"aws:PrincipalArn": f"arn:aws:iam:*:{ACCOUNT}:role/app"}}),
+            ["public"],
+        ),
+        (
+            allow("*", condition={"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": "o-trusted*/r-ab12/*"}}),
+            ["public"],
+        ),
     ],
     ids=[
         "star",
@@ -91,6 +102,9 @@ def codes(*statements: dict[str, Any]) -> list[str]:
         "for-all-values-org-id",
         "vpc-endpoint-if-exists",
         "wildcard-vpc",
+        "wildcard-account-arn",
+        "string-like-arn-wildcard-before-account",
+        "wildcard-org-path",
     ],
 )
 def test_public_statements_are_flagged(statement: dict[str, Any], expected: list[str]) -> None:
@@ -112,6 +126,12 @@ def test_public_statements_are_flagged(statement: dict[str, Any], expected: list
         {"StringEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"}},
         {"StringEquals": {"aws:SourceVpc": ["vpc-111bbb22", "vpc-333ccc44"]}},
         {"StringEquals": {"aws:SourceOwner": ACCOUNT}},
+        # wildcards after a concrete account or organization: only that account's principals (or
+        # resources), that organization's OUs, can match (AWS's own aws:PrincipalOrgPaths example)
+        {"ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/app-*"}},
+        {"StringLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/*"}},
+        {"ArnLike": {"aws:SourceArn": f"arn:aws:sns:*:{ACCOUNT}:*"}},
+        {"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": ["o-trusted123/r-ab12/ou-ab12-11111111/*"]}},
     ],
     ids=[
         "caller-account",
@@ -126,6 +146,10 @@ def test_public_statements_are_flagged(statement: dict[str, Any], expected: list
         "vpc-endpoint",
         "vpc",
         "source-owner",
+        "principal-arn-in-account",
+        "principal-arn-string-like",
+        "source-arn-in-account",
+        "org-path-subtree",
     ],
 )
 def test_star_pinned_by_a_real_condition_is_not_public(condition: dict[str, Any]) -> None:
@@ -137,6 +161,14 @@ def test_star_pinned_by_a_real_condition_is_not_public(condition: dict[str, Any]
     [
         (allow("*", condition={"StringEquals": {"kms:CallerAccount": FOREIGN}}), ["external-account"]),
         (allow("*", condition={"StringEquals": {"aws:PrincipalOrgID": "o-other"}}), ["external-account"]),
+        (
+            allow("*", condition={"ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{FOREIGN}:role/*"}}),
+            ["external-account"],
+        ),
+        (
+            allow("*", condition={"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": "o-other/r-ab12/*"}}),
+            ["external-account"],
+        ),
         (allow({"AWS": f"arn:aws:iam::{FOREIGN}:root"}), ["external-account"]),
         (allow({"AWS": FOREIGN}), ["external-account"]),
         (allow({"AWS": f"arn:aws:iam::{FOREIGN}:role/reader"}), ["external-account"]),
@@ -147,6 +179,8 @@ def test_star_pinned_by_a_real_condition_is_not_public(condition: dict[str, Any]
     ids=[
         "pinned-foreign-account",
         "pinned-foreign-org",
+        "pinned-foreign-account-role-family",
+        "pinned-foreign-org-path",
         "foreign-root",
         "foreign-bare-account",
         "foreign-role",
@@ -201,8 +235,32 @@ IN_ACCOUNT = {"StringEquals": {"kms:CallerAccount": ACCOUNT}}
             [],
         ),
         (allow("*", ["kms:Decrypt", "kms:Encrypt"], IN_ACCOUNT), []),
+        # an administrator and a family of roles: the family is every role of the account it names
+        (
+            allow(
+                "*",
+                "kms:*",
+                {
+                    "ArnLike": {
+                        "aws:PrincipalArn": [
+                            f"arn:aws:iam::{ACCOUNT}:role/KeyAdmin-ops",
+                            f"arn:aws:iam::{ACCOUNT}:role/app-*",
+                        ]
+                    }
+                },
+            ),
+            ["non-admin-full-access", "broad-create-grant"],
+        ),
     ],
-    ids=["account-not-action", "account-kms-star", "org-star", "admin-arn", "via-service", "key-user-actions"],
+    ids=[
+        "account-not-action",
+        "account-kms-star",
+        "org-star",
+        "admin-arn",
+        "via-service",
+        "key-user-actions",
+        "admin-and-role-family",
+    ],
 )
 def test_full_access_for_a_pinned_star(statement: dict[str, Any], expected: list[str]) -> None:
     assert codes(statement) == expected
@@ -317,7 +375,11 @@ def test_deny_to_everyone_outside_a_perimeter_pins_a_star_allow(deny: dict[str, 
             ["broad-create-grant"],
         ),
         (allow("*", "kms:CreateGrant", {"ArnEquals": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/a"}}), []),
-        (allow("*", "kms:CreateGrant", {"ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:*"}}), ["public"]),
+        # any principal of the key's account: not public, but a broad grantee
+        (
+            allow("*", "kms:CreateGrant", {"ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:*"}}),
+            ["broad-create-grant"],
+        ),
     ],
     ids=[
         "star-in-account",
@@ -442,8 +504,9 @@ def test_identity_policy_resources_that_cover_every_key(resource: object, every_
 
 def test_identity_policy_not_resource_allows_every_key_but_the_ones_it_names() -> None:
     app = f"arn:aws:iam::{ACCOUNT}:role/app"
-    but_one = policy_doc({"Effect": "Allow", "Action": "kms:Decrypt",
-                          "NotResource": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/abc"})
+    but_one = policy_doc(
+        {"Effect": "Allow", "Action": "kms:Decrypt", "NotResource": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/abc"}
+    )
     but_all = policy_doc({"Effect": "Allow", "Action": "kms:Decrypt", "NotResource": "arn:aws:kms:*"})
     assert [f.code for f in analyze_identity_policy(but_one, app, ZONE)] == ["decrypt-all-keys"]
     assert analyze_identity_policy(but_all, app, ZONE) == []
@@ -457,8 +520,11 @@ def test_identity_policy_decrypt_denied_everywhere_is_not_decrypt_on_every_key()
     assert analyze_identity_policy(allow_all, app, ZONE, denied=denied) == []
     # a Deny that leaves kms:ReEncryptFrom, holds a condition or covers part of the keys takes nothing away
     condition = {"Bool": {"aws:SecureTransport": "false"}}
-    for partial in ({**deny, "Action": "kms:Decrypt"}, {**deny, "Condition": condition},
-                    {**deny, "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/*"}):
+    for partial in (
+        {**deny, "Action": "kms:Decrypt"},
+        {**deny, "Condition": condition},
+        {**deny, "Resource": f"arn:aws:kms:us-east-1:{ACCOUNT}:key/*"},
+    ):
         denied = denied_everywhere([allow_all, policy_doc(partial)])
         assert [f.code for f in analyze_identity_policy(allow_all, app, ZONE, denied=denied)] == ["decrypt-all-keys"]
 
@@ -475,8 +541,11 @@ def test_a_statement_without_action_or_resource_is_no_finding(missing: str) -> N
     ("condition", "key_org", "expected"),
     [
         ({"StringEquals": {"aws:PrincipalOrgID": "o-homeorg123"}}, "o-homeorg123", []),
-        ({"ForAnyValue:StringEquals": {"aws:PrincipalOrgPaths": "o-homeorg123/r-ab12/ou-ab12-11111111/"}},
-         "o-homeorg123", []),
+        (
+            {"ForAnyValue:StringEquals": {"aws:PrincipalOrgPaths": "o-homeorg123/r-ab12/ou-ab12-11111111/"}},
+            "o-homeorg123",
+            [],
+        ),
         ({"StringEquals": {"aws:PrincipalOrgID": "o-homeorg123"}}, None, ["external-account"]),
         ({"StringEquals": {"aws:PrincipalOrgID": "o-other"}}, "o-homeorg123", ["external-account"]),
     ],
