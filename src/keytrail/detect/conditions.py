@@ -65,18 +65,18 @@ def read_pinning(condition: Any) -> Pinning:
             if isinstance(keys, Mapping) and operator.lower() == "bool":
                 grant_for_resource |= _true(keys, "kms:grantisforawsresource")
             continue
-        for key, values in keys.items():
-            name = key.lower()
+        for key, raw in keys.items():
+            name, values = key.lower(), _policy_values(raw)
             if operator.lower().startswith("forallvalues:") and name not in _ALWAYS_PRESENT:
                 continue
-            if name in _ORG_KEYS and (org_ids := _org_ids(as_list(values))):
+            if name in _ORG_KEYS and (org_ids := _org_ids(values)):
                 orgs.update(org_ids)
                 continue
-            if name in _ARN_KEYS and (arn_accounts := _wildcard_arn_accounts(operator, as_list(values))):
+            if name in _ARN_KEYS and (arn_accounts := _wildcard_arn_accounts(operator, values)):
                 accounts.update(arn_accounts)
                 continue
-            concrete = [v for v in as_list(values) if _concrete(v)]
-            if not concrete or len(concrete) != len(as_list(values)):
+            concrete = [v for v in values if _concrete(v)]
+            if not concrete or len(concrete) != len(values):
                 continue  # one wildcard value lets anyone match
             if name in _ACCOUNT_KEYS:
                 accounts.update(concrete)
@@ -188,6 +188,13 @@ def _wildcard_arn_accounts(operator: str, values: list[Any]) -> frozenset[str]:
             return frozenset()
         accounts.add(account)
     return frozenset(accounts)
+
+
+def _policy_values(raw: Any) -> list[Any]:
+    """A condition's values as the string operators compare them: IAM's grammar takes JSON numbers
+    too (`"kms:CallerAccount": 111122223333`, as some generators write an account), compared as their
+    text (kms/conditions.py does so), so a number pins as its string does."""
+    return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in as_list(raw)]
 
 
 def _concrete(value: Any) -> bool:

@@ -132,6 +132,8 @@ def test_public_statements_are_flagged(statement: dict[str, Any], expected: list
         {"StringLike": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/*"}},
         {"ArnLike": {"aws:SourceArn": f"arn:aws:sns:*:{ACCOUNT}:*"}},
         {"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": ["o-trusted123/r-ab12/ou-ab12-11111111/*"]}},
+        # a JSON number is compared as its text, as the key's own authorization compares it
+        {"StringEquals": {"kms:CallerAccount": int(ACCOUNT)}},
     ],
     ids=[
         "caller-account",
@@ -150,6 +152,7 @@ def test_public_statements_are_flagged(statement: dict[str, Any], expected: list
         "principal-arn-string-like",
         "source-arn-in-account",
         "org-path-subtree",
+        "caller-account-as-number",
     ],
 )
 def test_star_pinned_by_a_real_condition_is_not_public(condition: dict[str, Any]) -> None:
