@@ -45,8 +45,11 @@ class NewPrincipalOnKey:
         # there, as the ledger remembers it: stolen federated credentials reach keys as any others do.
         principal, keys = event.principal_arn or caller_id(event), event.key_arns
         # A ReEncrypt uses its source and its destination key (the same one, possibly).
-        new = [key for key in (keys if len(keys) < 2 else dict.fromkeys(keys))
-               if self._new_on(key, principal, event.event_time)]
+        new = [
+            key
+            for key in (keys if len(keys) < 2 else dict.fromkeys(keys))
+            if self._new_on(key, principal, event.event_time)
+        ]
         if not new or expected_caller(event, self.rule.parameters):
             return []
         return [self._finding(event, key) for key in new]
@@ -57,6 +60,11 @@ class NewPrincipalOnKey:
     def _new_on(self, key_arn: str, principal: str, at: datetime) -> bool:
         record = self.ledger.get(key_arn)
         if record is None or record.principals.get(principal):  # a key never seen, or a known user of it
+            return False
+        if record.key_manager == "AWS":
+            # An AWS managed key's policy lets every principal of the account use it through its
+            # service (kms:CallerAccount + kms:ViaService), and cannot be changed: its callers are
+            # whoever uses S3, EBS… there, no settled few, and no statement or grant to narrow.
             return False
         if record.first_used is None or at - record.first_used < self._learning:
             return False  # still learning who uses the key
@@ -74,8 +82,12 @@ class NewPrincipalOnKey:
             f"{'at least ' if record.crowded else ''}{known} other principal(s) "
             f"used it since {format_time(record.first_used)}",
             recommendation=_RECOMMENDATION.format(principal=who),
-            details={"eventName": event.event_name, "keyUsedSince": format_time(record.first_used),
-                     "knownPrincipals": str(known)} | caller_origin(event),
+            details={
+                "eventName": event.event_name,
+                "keyUsedSince": format_time(record.first_used),
+                "knownPrincipals": str(known),
+            }
+            | caller_origin(event),
             key_arn=key_arn,
             scope=caller_scope(event),
         )
