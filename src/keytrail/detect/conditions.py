@@ -26,9 +26,9 @@ _ARN_KEYS = frozenset({"aws:sourcearn", "aws:principalarn"})
 # test, Prowler and Access Analyzer (a VPC finding, not a public one) all take as not public. The
 # condition names no account, so it is not judged against the trusted ones either.
 _NETWORK_KEYS = frozenset({"aws:sourcevpc", "aws:sourcevpce"})
-# Keys every KMS request carries. `ForAllValues:` is true when the request lacks its key (IAM
-# "Condition operators"; kms/conditions.py evaluates it so), so it pins only these: a direct
-# caller has no aws:SourceAccount, an account outside any organization no aws:PrincipalOrgID.
+# Keys every KMS request carries. `ForAllValues:` and `…IfExists` are true when the request lacks
+# its key (IAM "Condition operators"; kms/conditions.py evaluates them so), so they pin only these:
+# a direct caller has no aws:SourceAccount, an account outside any organization no aws:PrincipalOrgID.
 _ALWAYS_PRESENT = frozenset({"kms:calleraccount", "aws:principalaccount", "aws:principalarn"})
 
 
@@ -69,6 +69,8 @@ def read_pinning(condition: Any) -> Pinning:
             name, values = key.lower(), _policy_values(raw)
             if operator.lower().startswith("forallvalues:") and name not in _ALWAYS_PRESENT:
                 continue
+            if operator.lower().endswith("ifexists") and name not in _ALWAYS_PRESENT:
+                continue  # a request without the key passes; on a key every request has, it is the operator
             if name in _ORG_KEYS and (org_ids := _org_ids(values)):
                 orgs.update(org_ids)
                 continue
@@ -144,7 +146,8 @@ def _restricting(operator: str) -> bool:
     name = operator.lower()
     for prefix in ("foranyvalue:", "forallvalues:"):
         name = name.removeprefix(prefix)
-    return name in _EQUALITY_OPERATORS  # …IfExists and Not… operators never pin
+    # Not… operators never pin; …IfExists only on keys every request carries (read_pinning)
+    return name.removesuffix("ifexists") in _EQUALITY_OPERATORS
 
 
 # An organization path (`o-a1b2c3d4e5/r-ab12/ou-ab12-11111111/*`, AWS's own example takes a whole

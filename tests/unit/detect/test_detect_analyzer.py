@@ -58,7 +58,8 @@ def codes(*statements: dict[str, Any]) -> list[str]:
             ["public"],
         ),
         # conditions that do not pin: IfExists, wildcard values, policy variables, negative operators
-        (allow("*", condition={"StringEqualsIfExists": {"kms:CallerAccount": ACCOUNT}}), ["public"]),
+        (allow("*", condition={"StringEqualsIfExists": {"aws:PrincipalOrgID": "o-trusted123"}}), ["public"]),
+        (allow("*", condition={"StringEqualsIfExists": {"aws:SourceAccount": ACCOUNT}}), ["public"]),
         (allow("*", condition={"StringLike": {"aws:PrincipalOrgID": "o-*"}}), ["public"]),
         (allow("*", condition={"StringEquals": {"aws:PrincipalAccount": "${aws:username}"}}), ["public"]),
         (allow("*", condition={"StringNotEquals": {"kms:CallerAccount": FOREIGN}}), ["public"]),
@@ -93,6 +94,7 @@ def codes(*statements: dict[str, Any]) -> list[str]:
         "aws-star-list",
         "not-principal",
         "ifexists",
+        "ifexists-source-account",
         "wildcard-org",
         "policy-variable",
         "not-equals",
@@ -134,6 +136,9 @@ def test_public_statements_are_flagged(statement: dict[str, Any], expected: list
         {"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": ["o-trusted123/r-ab12/ou-ab12-11111111/*"]}},
         # a JSON number is compared as its text, as the key's own authorization compares it
         {"StringEquals": {"kms:CallerAccount": int(ACCOUNT)}},
+        # IfExists on a key every KMS request carries is the plain operator
+        {"StringEqualsIfExists": {"kms:CallerAccount": ACCOUNT}},
+        {"ArnLikeIfExists": {"aws:PrincipalArn": f"arn:aws:iam::{ACCOUNT}:role/app"}},
     ],
     ids=[
         "caller-account",
@@ -153,6 +158,8 @@ def test_public_statements_are_flagged(statement: dict[str, Any], expected: list
         "source-arn-in-account",
         "org-path-subtree",
         "caller-account-as-number",
+        "ifexists-caller-account",
+        "ifexists-principal-arn",
     ],
 )
 def test_star_pinned_by_a_real_condition_is_not_public(condition: dict[str, Any]) -> None:
