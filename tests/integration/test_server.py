@@ -722,6 +722,43 @@ def _list_keys_request(server: KeytrailServer, **headers: str) -> AWSRequest:
     return request
 
 
+def _raw_signed(server: KeytrailServer, target: str, body: dict[str, Any], **headers: str) -> bytes:
+    """A KMS call signed as an SDK signs it, with `headers` (signed too), as the bytes sent."""
+    request = AWSRequest(method="POST", url=server.endpoint + "/", data=json.dumps(body).encode(), headers={
+        "X-Amz-Target": f"TrentService.{target}", "Content-Type": "application/x-amz-json-1.1", **headers})
+    SigV4Auth(Credentials("AKIAALICE000000000001", "alice-secret"), "kms", "us-east-1").add_auth(request)
+    prepared = request.prepare()
+    head = "".join(f"{name}: {value}\r\n" for name, value in prepared.headers.items())
+    return f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n{head}\r\n".encode() + prepared.body
+
+
+def test_a_call_asking_to_switch_to_h2c_is_served_over_http_1_1_and_audited(fresh_server: KeytrailServer) -> None:
+    """Java's HttpClient (its default version, HTTP_2) sends each first request of an http://
+    connection with `Connection: Upgrade, HTTP2-Settings` and `Upgrade: h2c`: refused 400 (before
+    that, run without its body), a Java service failed every call. Now the Upgrade is ignored and
+    the call answered over HTTP/1.1, its body read, signature checked and audited; the call
+    pipelined behind it too."""
+    h2c = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
+           "HTTP2-Settings": "AAEAAEAAAAIAAAABAAMAAABkAAQBAAAAAAUAAEAA"}
+    create = _raw_signed(fresh_server, "CreateKey", {"KeySpec": "ECC_NIST_P256", "KeyUsage": "SIGN_VERIFY"}, **h2c)
+    listing = _raw_signed(fresh_server, "ListKeys", {}, Connection="close")
+    with socket.create_connection(("127.0.0.1", fresh_server.port), timeout=10) as sock:
+        sock.sendall(create + listing)
+        stream = b""
+        while chunk := sock.recv(65536):
+            stream += chunk
+    first, second = stream.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 ") and second.startswith(b"200 "), stream
+    assert b"upgrade" not in stream.lower()
+    key = json.loads(first.partition(b"\r\n\r\n")[2])["KeyMetadata"]
+    assert (key["KeySpec"], key["KeyUsage"]) == ("ECC_NIST_P256", "SIGN_VERIFY")
+    assert key["KeyId"] in second.decode()
+    assert fresh_server.stop() == 0
+    audited = [event["eventName"] for _, event in iter_events(fresh_server.data_dir)
+               if event.get("eventName") in ("CreateKey", "ListKeys")]
+    assert audited == ["CreateKey", "ListKeys"]
+
+
 def test_a_request_dated_by_its_date_header_alone_is_served(server: KeytrailServer) -> None:
     request = _list_keys_request(server, Date="")  # botocore then dates it there, not in X-Amz-Date
     assert "X-Amz-Date" not in request.headers and request.headers["Date"]

@@ -50,6 +50,13 @@ those requests are answered, then the connection closes (`eof_received`). uvicor
 half-close for the client gone and closed at once, so each such call was carried out, and
 audited, but its answer thrown away.
 
+A request asking to switch to HTTP/2 (`Connection: Upgrade`, `Upgrade: h2c`: Java's HttpClient
+sends it on the first request of each http:// connection, as curl --http2 and Ktor do) is served
+over HTTP/1.1, its Upgrade ignored (RFC 9110 §7.8 lets a server do so): httptools ends such a
+request at its headers and leaves its body unread (httptools#124), so the body, and whatever
+follows it, is read on by a parser of its own (`_read_on_as_http1`). Any other switch (CONNECT, a
+WebSocket) is refused.
+
 And an answer sent before its request's body is read (413 for a body over the limit) on a
 connection that then closes waits for the rest of that body, read and thrown away, up to
 `DRAIN_BYTES` and within `REQUEST_SECONDS`: closed with the body still arriving, the connection
@@ -69,6 +76,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import httptools
 import orjson
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -187,18 +195,67 @@ class _HeadTooLarge(Exception):
 
 class _HeadRefused(Exception):
     """Raised from the parser's callback to end the read of a request refused for its head
-    (`_head_refusal`): one asking to switch protocols, or naming two hosts."""
+    (`_head_refusal`): one asking to switch to a protocol other than HTTP/2, or naming two hosts."""
 
 
 def _head_refusal(upgrade: bool, headers: list[tuple[bytes, bytes]], http_version: str) -> _Refusal | None:
     """The answer to a request refused for its head as it ends, if it is: asking to switch
-    protocols, or naming more than one host (or, in HTTP/1.1, none)."""
+    protocols (`upgrade`: CONNECT, or an Upgrade other than h2c), or naming more than one host
+    (or, in HTTP/1.1, none)."""
     if upgrade:
         return _UPGRADE
     hosts = sum(name == b"host" for name, _ in headers)
     if hosts > 1 or (hosts == 0 and http_version == "1.1"):
         return _NOT_ONE_HOST
     return None
+
+
+def _asks_for_h2c(method: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request httptools takes for an upgrade (CONNECT, or Connection: Upgrade with an
+    Upgrade header) asks only to switch to HTTP/2 over plain TCP, `Upgrade: h2c`: served as
+    HTTP/1.1. CONNECT, a WebSocket, or h2c offered among other protocols are not."""
+    if method == b"CONNECT":
+        return False
+    offered = [token.strip().lower() for name, value in headers if name == b"upgrade" for token in value.split(b",")]
+    return offered == [b"h2c"]
+
+
+def _framing_head(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A request head carrying only `headers`' body framing (Content-Length, Transfer-Encoding), so
+    that a fresh parser reads the bytes that follow as that request's body."""
+    framing = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers
+                       if name in (b"content-length", b"transfer-encoding"))
+    return b"POST / HTTP/1.1\r\n%s\r\n" % framing
+
+
+class _ReadingOn:
+    """The callbacks of the parser that reads on after the head of a request asking for h2c: the
+    protocol's own, but those of the framing head (`_framing_head`) fed to it first, which belong
+    to no request. (httptools takes a protocol's callbacks once, when the parser is made.)"""
+
+    def __init__(self, protocol: CoalescingHttpToolsProtocol) -> None:
+        self._protocol = protocol
+        self._framing = True  # the framing head is being read: its callbacks are dropped
+        self.on_body = protocol.on_body
+        self.on_message_complete = protocol.on_message_complete
+
+    def on_message_begin(self) -> None:
+        if not self._framing:
+            self._protocol.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self._framing:
+            self._protocol.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._framing:
+            self._protocol.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self._framing:
+            self._framing = False  # the body, and every request after it, are the client's
+            return
+        self._protocol.on_headers_complete()
 
 
 def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
@@ -212,13 +269,12 @@ _HEAD_TOO_LARGE = _Refusal(_last_answer(b"431 Request Header Fields Too Large", 
                            "headers_too_large")
 _OVERDUE = _Refusal(_last_answer(b"408 Request Timeout", "RequestTimeoutException",
                                  "The request did not arrive whole in time."), "request_timeout")
-# `Connection: Upgrade` with `Upgrade: h2c` (curl --http2, Java's HttpClient and Ktor on http://), or
-# CONNECT: httptools ends such a request at its headers and leaves the body unread (uvicorn#2722,
-# httptools#124), so a signed call failed its signature and, under --dev-credentials, ran with no
-# parameters at all (a CreateKey asking for a signing key made a symmetric one). Refused instead.
+# CONNECT, or `Connection: Upgrade` with an Upgrade other than h2c alone (a WebSocket): keytrail has
+# no other protocol to switch to, and httptools ends such a request at its headers, its body unread
+# (uvicorn#2722, httptools#124). A request asking for h2c is served as HTTP/1.1 instead.
 _UPGRADE = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
                                  "keytrail serves HTTP/1.1 and switches to no other protocol: send the request "
-                                 "without Connection: Upgrade (curl --http1.1; Java HttpClient.Version.HTTP_1_1)."),
+                                 "without Connection: Upgrade."),
                     "protocol_upgrade")
 # RFC 9112 §3.2: an HTTP/1.1 request "that lacks a Host header field" or "contains more than one Host
 # header field line" MUST be answered 400 (two, both signed, were taken joined with a comma, as
@@ -493,7 +549,20 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._read_bytes = len(data)
-        super().data_received(data)
+        # uvicorn's data_received, but for an upgrade: only a request asking for h2c gets that far
+        # (on_headers_complete refuses any other), and what follows its head is read on as HTTP/1.1.
+        self._unset_keepalive_if_required()
+        rest = None
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._unreadable()
+        except httptools.HttpParserUpgrade as upgrade:
+            rest = data[upgrade.args[0]:]
+        # Outside the except, so that a refusal's error does not take the upgrade as its context;
+        # in a loop, not recursively, however many h2c requests a client pipelines in one read.
+        while rest is not None:
+            rest = self._read_on_as_http1(rest)
         # Only a request still incomplete after this data arms a timer: the usual one, whole in one
         # segment, costs a comparison.
         if self._arriving:
@@ -529,7 +598,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._head_overflowed = True
             raise _HeadTooLarge  # httptools stops reading; uvicorn's send_400_response refuses it
         version = self.parser.get_http_version()
-        self._head_refusal = _head_refusal(self.parser.should_upgrade(), self.headers, version)
+        # httptools' upgrade is CONNECT or Connection: Upgrade; one asking for h2c alone is served.
+        refused_upgrade = self.parser.should_upgrade() and not _asks_for_h2c(self.parser.get_method(), self.headers)
+        self._head_refusal = _head_refusal(refused_upgrade, self.headers, version)
         if self._head_refusal is not None:  # before the app runs
             raise _HeadRefused
         self._in_head = False
@@ -539,6 +610,35 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             # knowing no interim answers, read as the answer itself.
             self.expect_100_continue = False
         super().on_headers_complete()
+
+    def _unreadable(self) -> None:
+        """uvicorn's answer to bytes the parser cannot read (its send_400_response, ours below)."""
+        msg = "Invalid HTTP request received."
+        self.logger.warning(msg)
+        self.send_400_response(msg)
+
+    def _read_on_as_http1(self, rest: bytes) -> bytes | None:
+        """Serve the request asking for h2c as HTTP/1.1: httptools ended it at its head (its
+        on_message_complete ran, with no body) and reads no more of the connection. The request is
+        whole only once its body is, so that end is undone (its task has not run yet: this is the
+        read that ended its head), and a fresh parser reads on from where the body begins, `rest`
+        (the rest of this read), told the body's framing first (read as the client's bytes are, so
+        that framing it cannot read is refused as theirs would be). Returns what follows the head of
+        a next request asking for h2c in `rest`, if one does."""
+        cycle = self.cycle
+        assert cycle is not None  # the request's own, made by on_headers_complete
+        cycle.more_body = True
+        cycle.message_event.clear()
+        self._arriving = self._begun
+        self.parser = httptools.HttpRequestParser(_ReadingOn(self))
+        framed = _framing_head(self.headers) + rest
+        try:
+            self.parser.feed_data(framed)
+        except httptools.HttpParserError:
+            self._unreadable()
+        except httptools.HttpParserUpgrade as upgrade:
+            return framed[upgrade.args[0]:]
+        return None
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
