@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
@@ -43,9 +43,21 @@ class TrustZone:
     trusted_org_ids: frozenset[str] = frozenset()
     admin_principals: tuple[str, ...] = ()
     key_org_id: str | None = None
+    # Each account's organization (the principals file's [[organization]] tables), None for one in none.
+    organization_of: Callable[[str], str | None] | None = None
 
     def trusts_account(self, account: str) -> bool:
-        return account == self.key_account or account in self.trusted_accounts
+        return account == self.key_account or account in self.trusted_accounts or self._in_key_org(account)
+
+    def _in_key_org(self, account: str) -> bool:
+        """A fellow member of the key account's organization is inside the zone of trust, as in
+        Access Analyzer's organization zone of trust: naming it (a principal of it, `"*"` pinned to it
+        by kms:CallerAccount) gives no more than `"*"` pinned to the organization, which is trusted."""
+        return (
+            self.key_org_id is not None
+            and self.organization_of is not None
+            and self.organization_of(account) == self.key_org_id
+        )
 
     def trusts_org(self, org_id: str) -> bool:
         return org_id == self.key_org_id or org_id in self.trusted_org_ids
@@ -154,9 +166,7 @@ class _StatementCheck:
     def run(self) -> list[PolicyFinding]:
         if "NotPrincipal" in self.statement:
             return [
-                self._finding(
-                    "public", Severity.CRITICAL, "*", "Allow with NotPrincipal grants everyone not listed"
-                )
+                self._finding("public", Severity.CRITICAL, "*", "Allow with NotPrincipal grants everyone not listed")
             ]
         findings: list[PolicyFinding] = []
         for principal in _aws_principals(self.statement.get("Principal")):
@@ -193,9 +203,7 @@ class _StatementCheck:
                 )
             ]
         found = [
-            self._finding(
-                "external-account", Severity.HIGH, principal, f"principal * pinned to an untrusted {what}"
-            )
+            self._finding("external-account", Severity.HIGH, principal, f"principal * pinned to an untrusted {what}")
             for what in self._untrusted_pins(self.pinning)
         ]
         if self._allows_everything() and not self._pinned_to_admins():
@@ -343,8 +351,10 @@ def denied_everywhere(policies: Iterable[str | Mapping[str, Any]]) -> frozenset[
     for policy in policies:
         doc = json.loads(policy) if isinstance(policy, str) else policy
         for statement in as_list(doc.get("Statement")):
-            if statement.get("Effect") == "Deny" and "Condition" not in statement and "*" in as_list(
-                statement.get("Resource")
+            if (
+                statement.get("Effect") == "Deny"
+                and "Condition" not in statement
+                and "*" in as_list(statement.get("Resource"))
             ):
                 check = _StatementCheck(statement, 0, TrustZone(""))
                 denied.update(action for action in _DECRYPT_ACTIONS if check._allows(action))

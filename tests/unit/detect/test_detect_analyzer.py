@@ -566,3 +566,34 @@ def test_the_key_accounts_own_organization_is_trusted(
 ) -> None:
     zone = TrustZone(ACCOUNT, key_org_id=key_org)
     assert [f.code for f in analyze_policy(policy_doc(allow("*", condition=condition)), zone)] == expected
+
+
+MEMBER = "444455556666"  # in the key account's organization
+ORGANIZATIONS = {ACCOUNT: "o-homeorg123", MEMBER: "o-homeorg123", "555566667777": "o-other"}
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        (allow({"AWS": f"arn:aws:iam::{MEMBER}:role/reader"}), []),
+        (allow({"AWS": f"arn:aws:iam::{MEMBER}:root"}, ["kms:Decrypt", "kms:DescribeKey"]), []),
+        (allow("*", condition={"StringEquals": {"kms:CallerAccount": MEMBER}}), []),
+        # trusted as trusted_accounts are: kms:CreateGrant to its whole account is still a broad grantee
+        (allow({"AWS": f"arn:aws:iam::{MEMBER}:root"}, "kms:CreateGrant"), ["broad-create-grant"]),
+        (allow({"AWS": "arn:aws:iam::555566667777:role/reader"}), ["external-account"]),
+        (allow({"AWS": f"arn:aws:iam::{FOREIGN}:role/reader"}), ["external-account"]),
+    ],
+    ids=["member-role", "member-root", "star-pinned-to-member", "member-root-create-grant", "other-org", "no-org"],
+)
+def test_accounts_of_the_key_accounts_organization_are_trusted(statement: dict[str, Any], expected: list[str]) -> None:
+    """`"*"` pinned to the organization is trusted; naming one of its accounts gives no more."""
+    zone = TrustZone(ACCOUNT, key_org_id="o-homeorg123", organization_of=ORGANIZATIONS.get)
+    assert [f.code for f in analyze_policy(policy_doc(statement), zone)] == expected
+
+
+def test_a_grant_to_an_account_of_the_key_accounts_organization_is_not_external() -> None:
+    zone = TrustZone(ACCOUNT, key_org_id="o-homeorg123", organization_of=ORGANIZATIONS.get)
+    role = {"GranteePrincipal": f"arn:aws:iam::{MEMBER}:role/reader", "GrantId": "g1"}
+    assert analyze_grant(role, zone) == []
+    outside = analyze_grant({"GranteePrincipal": "arn:aws:iam::555566667777:role/reader", "GrantId": "g2"}, zone)
+    assert [f.code for f in outside] == ["grant-external-principal"]

@@ -594,6 +594,21 @@ def test_a_policy_pinned_to_the_key_accounts_own_organization_raises_no_alarm() 
     assert flagged == {"known": [key_arn(2)], "unknown": [key_arn(1), key_arn(2)]}
 
 
+def test_a_policy_naming_an_account_of_the_key_accounts_organization_raises_no_alarm() -> None:
+    """Trusting the organization trusts its accounts: a key shared with one of them by name gives
+    it no more than sharing with the whole organization, which raises nothing."""
+    member, outsider = "444455556666", "555566667777"
+
+    def sharing_with(account: str) -> str:
+        principal = {"AWS": f"arn:aws:iam::{account}:root"}
+        return policy_doc({"Effect": "Allow", "Principal": principal, "Action": "kms:Decrypt", "Resource": "*"})
+
+    detector = Detector(organization_of={ACCOUNT: "o-homeorg123", member: "o-homeorg123"}.get)
+    keys = [create_key(T0, key_arn(1), sharing_with(member)), create_key(T0, key_arn(2), sharing_with(outsider))]
+    detector.process(keys)
+    assert [(alarm.key_arn, alarm.severity) for alarm in detector.alarms()] == [(key_arn(2), "HIGH")]
+
+
 def test_create_key_with_restricted_policy_and_default_policy_fire_nothing() -> None:
     restricted = policy_doc(
         {

@@ -46,6 +46,7 @@ def trust_zone(rule: Rule, key_account: str, organization_of: OrganizationOf = n
         frozenset(map(str, rule.param("trusted_org_ids"))),
         tuple(map(str, rule.param("admin_principals"))),
         organization_of(key_account) if key_account else None,
+        organization_of,
     )
 
 
