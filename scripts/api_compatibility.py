@@ -164,8 +164,9 @@ CHECKED = [
         "`GenerateDataKey*` and `DescribeKey` to the account's principals through the service only "
         "(`kms:CallerAccount`, `kms:ViaService`), and `Describe*`, `Get*`, `List*` to the account; no storage "
         "charge.",
-        "`DescribeKey` on a predefined alias (acm, dynamodb, ebs, elasticfilesystem, es, glue, kinesisvideo, "
-        "lambda, rds, redshift, s3, secretsmanager, sns, sqs, ssm, xray) with no key yet makes its AWS managed "
+        "`DescribeKey` on a predefined alias (acm, backup, cloud9, codecommit, connect, dynamodb, ebs, ecr, "
+        "elasticfilesystem, es, fsx, glue, kafka, kinesis, kinesisvideo, lambda, lex, lightsail, rds, redshift, "
+        "s3, secretsmanager, sns, sqs, ssm, xray) with no key yet makes its AWS managed "
         "key and associates the alias (it used to be `NotFoundException`); once, however many nodes are asked at "
         "once (its key id is fixed by account, Region and alias, and it is made under that key's lock). Other "
         "operations naming such an alias answer `NotFoundException` until then. Description: `Default key that "

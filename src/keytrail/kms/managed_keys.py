@@ -38,18 +38,30 @@ class ManagedService:
         return f"Default key that protects my {self.protects} when no other key is defined"
 
 
-# The predefined aliases a new account's ListAliases shows (with no TargetKeyId until first use).
+# The predefined aliases a new account's ListAliases shows (with no TargetKeyId until first use): those
+# of a real account's listing (acm … xray) and the ones Terraform and CloudFormation name by
+# `data "aws_kms_key"` or as a resource's default key (backup, ecr, fsx, kinesis, sqs).
 PREDEFINED: dict[str, ManagedService] = {
     service.alias: service
     for service in (
         ManagedService("alias/aws/acm", "acm", "ACM", "ACM private keys"),
+        ManagedService("alias/aws/backup", "backup", "Backup", "backups"),
+        ManagedService("alias/aws/cloud9", "cloud9", "Cloud9", "Cloud9 environments"),
+        ManagedService("alias/aws/codecommit", "codecommit", "CodeCommit", "CodeCommit repositories"),
+        ManagedService("alias/aws/connect", "connect", "Connect", "Connect data"),
         ManagedService("alias/aws/dynamodb", "dynamodb", "DynamoDB", "DynamoDB tables"),
         ManagedService("alias/aws/ebs", "ec2", "EBS", "EBS volumes"),
+        ManagedService("alias/aws/ecr", "ecr", "ECR", "ECR repositories"),
         ManagedService("alias/aws/elasticfilesystem", "elasticfilesystem", "EFS", "EFS filesystems"),
         ManagedService("alias/aws/es", "es", "Elasticsearch", "Elasticsearch data"),
+        ManagedService("alias/aws/fsx", "fsx", "FSx", "FSx file systems"),
         ManagedService("alias/aws/glue", "glue", "Glue", "Glue data"),
+        ManagedService("alias/aws/kafka", "kafka", "MSK", "MSK clusters"),
+        ManagedService("alias/aws/kinesis", "kinesis", "Kinesis", "Kinesis streams"),
         ManagedService("alias/aws/kinesisvideo", "kinesisvideo", "Kinesis Video Streams", "Kinesis Video Streams data"),
         ManagedService("alias/aws/lambda", "lambda", "Lambda", "Lambda functions"),
+        ManagedService("alias/aws/lex", "lex", "Lex", "Lex data"),
+        ManagedService("alias/aws/lightsail", "lightsail", "Lightsail", "Lightsail resources"),
         ManagedService("alias/aws/rds", "rds", "RDS", "RDS database volumes"),
         ManagedService("alias/aws/redshift", "redshift", "Redshift", "Redshift databases"),
         ManagedService("alias/aws/s3", "s3", "S3", "S3 objects"),

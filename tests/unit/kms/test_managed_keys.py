@@ -46,6 +46,16 @@ async def test_describe_key_on_a_predefined_alias_makes_its_aws_managed_key(
     assert key.rotation_enabled and key.rotation_period_days == 365
 
 
+@pytest.mark.parametrize("name", ["alias/aws/backup", "alias/aws/ecr", "alias/aws/fsx", "alias/aws/kinesis"])
+async def test_the_aliases_terraform_reads_as_default_keys_are_predefined(
+    service: tuple[SqliteStore, KmsService], name: str
+) -> None:
+    # `data "aws_kms_key" { key_id = "alias/aws/backup" }` and the like were NotFoundException.
+    _, svc = service
+    metadata = (await svc.execute("DescribeKey", alice(), {"KeyId": name}))["KeyMetadata"]
+    assert metadata["KeyManager"] == "AWS" and metadata["KeyId"] == managed_key_id(ACCOUNT, REGION, name)
+
+
 async def test_the_key_is_made_once_and_by_its_alias_arn_too(service: tuple[SqliteStore, KmsService]) -> None:
     store, svc = service
     arn = f"arn:aws:kms:{REGION}:{ACCOUNT}:alias/aws/ebs"
