@@ -124,6 +124,24 @@ def test_plain_text_to_a_tls_listener_is_one_line_naming_the_setting(tmp_path: P
         "a listener that wants TLS or SASL does; set $KEYTRAIL_KAFKA_SECURITY_PROTOCOL"]
 
 
+@pytest.mark.parametrize("command", ["detect", "consume", "serve"])
+def test_tls_to_a_plain_listener_is_one_line_at_start_not_a_wait_for_the_request_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authority: Authority, command: str) -> None:
+    # The plain listener reads the TLS hello as the start of a huge request and waits: detect and
+    # consume waited aiokafka's 40 s request timeout before saying so, serve started on it and its
+    # shipper paused. Now all three check at start (5 s a broker); the subprocess timeout guards the hang.
+    _tls_env(monkeypatch, authority, client_certificate=False)
+    port = ["--port", str(free_port())] if command == "serve" else []
+    with kafka_broker() as bootstrap:
+        done = subprocess.run([sys.executable, "-m", "keytrail", command, "--kafka", bootstrap, "--data-dir",
+                               str(tmp_path / "d"), *port], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"keytrail {command}: --kafka {bootstrap}: the broker did not answer keytrail's TLS hello in time: is it a "
+        "TLS listener (if not, set $KEYTRAIL_KAFKA_SECURITY_PROTOCOL to PLAINTEXT or SASL_PLAINTEXT), and is it "
+        "running?"]
+
+
 def test_credentials_the_broker_refuses_are_one_line_without_the_password(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # aiokafka failed with KeyError 'v' on tansu's SCRAM refusal: a traceback.

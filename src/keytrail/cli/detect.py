@@ -296,7 +296,10 @@ async def _run_live(
     from keytrail.detect.alarm_tally import AlarmTally
     from keytrail.detect.runner import DetectorRunner
     from keytrail.detect.sources import kafka_values
+    from keytrail.transport.kafka import access_refused
 
+    if refused := await access_refused(bootstrap):  # serve's start check: a refusal told in seconds, not 40 s
+        raise refused
     task = asyncio.current_task()
     assert task is not None
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -405,7 +405,11 @@ async def _consume(
     import asyncio
 
     from keytrail.pipeline.consumer import MetricsConsumer
+    from keytrail.transport.kafka import access_refused
 
+    # serve's start check: a refusal told in seconds, not after the client's 40 s request timeout
+    if settings.kafka_bootstrap and (refused := await access_refused(settings.kafka_bootstrap)):
+        raise refused
     source = _offline_source(cloudtrail, settings, problems) if cloudtrail else None
     consumer = MetricsConsumer(settings, source)
 

@@ -134,18 +134,35 @@ def _refusal(errors: Sequence[BaseException]) -> KafkaAccessRefused | None:
 async def access_refused(bootstrap: str, *, timeout_ms: int = 5_000) -> KafkaAccessRefused | None:
     """Whether the brokers of `bootstrap` refuse keytrail (TLS, SASL): one connection to each, until
     one lets it in (None). None too if none answered (out of reach, or silent past `timeout_ms`:
-    the shipper waits for a broker down); a refusal does not pass by itself."""
+    the shipper waits for a broker down); a refusal does not pass by itself. A broker that takes
+    a plain TCP connection but not keytrail's TLS hello within `timeout_ms` is a refusal: a plain
+    listener reads the hello as the start of a huge request and waits for the rest, which the
+    client would wait out for its whole request timeout (40 s) before saying so."""
     security = KafkaSecurity.from_environment()
     errors: list[BaseException] = []
     for host, port, _ in collect_hosts(bootstrap, randomize=False):
         try:
             conn = await create_conn(host, port, request_timeout_ms=timeout_ms, **security.client_options())
-        except (OSError, KafkaError, TimeoutError, KeyError, ValueError) as error:  # KeyError, ValueError: SCRAM's
+        except TimeoutError as error:
+            if security.uses_tls and await _takes_tcp(host, port, timeout_ms):
+                errors.append(error)  # there, but silent to TLS
+            continue
+        except (OSError, KafkaError, KeyError, ValueError) as error:  # KeyError, ValueError: SCRAM's
             errors.append(error)
             continue
         conn.close()
         return None
-    return refusal([error for error in errors if not isinstance(error, TimeoutError)], security)
+    return refusal(errors, security)
+
+
+async def _takes_tcp(host: str, port: int, timeout_ms: int) -> bool:
+    """Whether a plain TCP connection to host:port opens within `timeout_ms`: something listens."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_ms / 1000)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
 
 
 async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication_factor: int = 1, *,
