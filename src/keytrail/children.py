@@ -81,9 +81,16 @@ def run_when_idle() -> None:
 STORE_SECRETS = ("KEYTRAIL_STORE", "PGPASSWORD")
 
 
-def without_store_secrets(environment: Mapping[str, str]) -> dict[str, str]:
-    """`environment` less the key store's URL and password."""
-    return {name: value for name, value in environment.items() if name not in STORE_SECRETS}
+# The Kafka clients' SASL password (transport/kafka_security.py's PASSWORD_ENV): only the children
+# that build a Kafka client (the audit shipper, the detector publishing alarms) are given it.
+KAFKA_SECRETS = ("KEYTRAIL_KAFKA_SASL_PASSWORD",)
+
+
+def without_store_secrets(environment: Mapping[str, str], *, kafka_client: bool = False) -> dict[str, str]:
+    """`environment` less the key store's URL and password, and, unless the child builds a Kafka
+    client (`kafka_client`), less the Kafka SASL password."""
+    withheld = STORE_SECRETS if kafka_client else (*STORE_SECRETS, *KAFKA_SECRETS)
+    return {name: value for name, value in environment.items() if name not in withheld}
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,8 @@ class ChildSpec:
     `in_serves_group`: the child runs in serve's session, so in its scheduling group, as a process
     group of its own (which Ctrl-C does not reach), and calls `run_when_idle`; else it has a session
     of its own, and calls `lower_priority`.
-    `on_exit` runs after each run of the child ends: what it told of its state no longer holds."""
+    `on_exit` runs after each run of the child ends: what it told of its state no longer holds.
+    `kafka_client`: the child builds Kafka clients, so it is given the Kafka SASL password."""
 
     name: str
     argv: tuple[str, ...]
@@ -112,6 +120,7 @@ class ChildSpec:
     stops_at_end_of_input: bool = False
     in_serves_group: bool = False
     on_exit: Callable[[], None] | None = None
+    kafka_client: bool = False
 
 
 class Child:
@@ -162,7 +171,7 @@ class Child:
             *spec.argv, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE if spec.on_line else None, start_new_session=not spec.in_serves_group,
             preexec_fn=os.setpgrp if spec.in_serves_group else None,
-            env={**spec.environment_defaults, **without_store_secrets(os.environ)},
+            env={**spec.environment_defaults, **without_store_secrets(os.environ, kafka_client=spec.kafka_client)},
         )
         try:
             return await self._follow(process)

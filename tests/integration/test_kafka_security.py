@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from keytrail.transport.kafka_security import kafka_client_options
 from tests.support.kafka_tls import Authority, tls_kafka_broker
+from tests.support.processes import child_commands
 from tests.support.server import KeytrailServer
 from tests.support.services import free_port, kafka_broker, topic_values
 from tests.support.waits import eventually_blocking
@@ -187,6 +188,40 @@ def test_a_broker_refusing_serve_after_its_start_pauses_shipping_and_says_why_wi
     assert (f"audit shipping to 127.0.0.1:{port} paused for" in log
             and ": the broker refused keytrail's SASL credentials (SCRAM-SHA-512 as 'keytrail')" in log), log
     assert SASL_PASSWORD not in log and "Traceback" not in log
+
+
+def _children_environments(pid: int) -> dict[str, list[bytes]] | None:
+    """serve's children by role (their module, or the sidecar's role) and their environment, once all four run."""
+    found = {}
+    for child, args in child_commands(pid).items():
+        role = args[3] if len(args) > 3 and args[2] == b"keytrail.cli.sidecar" else args[2]
+        try:
+            found[role.decode()] = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            return None  # exited meanwhile (a restart): look again
+    return found if len(found) == 4 else None
+
+
+def test_only_the_children_that_build_kafka_clients_are_given_the_sasl_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every child inherited it, the fsync helper and the consumer (which reads the node's event log)
+    # too: a child is dumpable, its environment readable in /proc by the user's every process.
+    for name, value in _SASL.items():
+        monkeypatch.setenv(name, value)
+    server = KeytrailServer(tmp_path / "data", "--kafka", f"127.0.0.1:{free_port()}",  # out of reach: starts
+                            dev_clock=False).start()  # with --dev-clock the consumer and detector run in serve
+    try:
+        assert server.proc is not None
+        pid = server.proc.pid
+        found: dict[str, list[bytes]] = {}
+        eventually_blocking(lambda: found.update(_children_environments(pid) or {}) or found,
+                            what="serve's four children", timeout=60)
+    finally:
+        assert server.stop() == 0
+    given = {role: f"KEYTRAIL_KAFKA_SASL_PASSWORD={SASL_PASSWORD}".encode() in environment
+             for role, environment in found.items()}
+    assert given == {"keytrail.audit.syncer": False, "consumer": False, "keytrail.audit.shipping": True,
+                     "detector": True}
 
 
 @pytest.mark.parametrize(("env", "said"), [

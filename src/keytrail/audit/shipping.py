@@ -68,7 +68,7 @@ class ShipperProcess:
         argv = (sys.executable, "-m", __name__, str(log_dir), str(shipped.path), bootstrap, topic, str(partitions),
                 str(replication_factor))
         self.child = Child(ChildSpec("audit shipper", argv, on_line=self._heard, settings=self._end_line,
-                                     stops_at_end_of_input=True, on_exit=self._exited))
+                                     stops_at_end_of_input=True, on_exit=self._exited, kafka_client=True))
 
     @property
     def pid(self) -> int | None:

@@ -113,7 +113,7 @@ def sidecars(settings: ServeSettings, on_alarm: Callable[[str, str, Severity], N
         specs.append(ChildSpec("detector", (*command, "detector", data_dir, *flags),
                                _alarm_reader(on_alarm, on_judged, on_held), settings=hooks,
                                environment_defaults=ANALYTICS_ENVIRONMENT, in_serves_group=True,
-                               on_exit=lambda: on_held("detector", None)))
+                               on_exit=lambda: on_held("detector", None), kafka_client=True))  # alarms to Kafka
     return specs
 
 
