@@ -125,22 +125,37 @@ def test_plain_text_to_a_tls_listener_is_one_line_naming_the_setting(tmp_path: P
         "a listener that wants TLS or SASL does; set $KEYTRAIL_KAFKA_SECURITY_PROTOCOL"]
 
 
-@pytest.mark.parametrize("command", ["detect", "consume", "serve"])
+@pytest.mark.parametrize("command", ["detect", "consume"])
 def test_tls_to_a_plain_listener_is_one_line_at_start_not_a_wait_for_the_request_timeout(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authority: Authority, command: str) -> None:
     # The plain listener reads the TLS hello as the start of a huge request and waits: detect and
-    # consume waited aiokafka's 40 s request timeout before saying so, serve started on it and its
-    # shipper paused. Now all three check at start (5 s a broker); the subprocess timeout guards the hang.
+    # consume waited aiokafka's 40 s request timeout before saying so. Now they check at start (5 s a
+    # broker); the subprocess timeout guards the hang.
     _tls_env(monkeypatch, authority, client_certificate=False)
-    port = ["--port", str(free_port())] if command == "serve" else []
     with kafka_broker() as bootstrap:
         done = subprocess.run([sys.executable, "-m", "keytrail", command, "--kafka", bootstrap, "--data-dir",
-                               str(tmp_path / "d"), *port], capture_output=True, text=True, timeout=30)
+                               str(tmp_path / "d")], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [
         f"keytrail {command}: --kafka {bootstrap}: the broker did not answer keytrail's TLS hello in time: is it a "
         "TLS listener (if not, set $KEYTRAIL_KAFKA_SECURITY_PROTOCOL to PLAINTEXT or SASL_PLAINTEXT), and is it "
         "running?"]
+
+
+def test_serve_on_a_listener_silent_to_tls_starts_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, authority: Authority) -> None:
+    # Silent to TLS is what a plain listener is, and what a TLS broker too slow to answer would be: a
+    # node that refused to start then would serve nothing while Kafka struggles, where its audit log
+    # keeps the records until Kafka is back. So serve starts, and its log says what it found.
+    _tls_env(monkeypatch, authority, client_certificate=False)
+    with kafka_broker() as bootstrap:
+        server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap, "--no-detector").start()
+        try:
+            assert server.client().list_keys()["Keys"] == []
+        finally:
+            server.stop()
+    assert (f"--kafka {bootstrap}: the broker did not answer keytrail's TLS hello in time: is it a TLS listener"
+            in server.log.read_text())
 
 
 def test_credentials_the_broker_refuses_are_one_line_without_the_password(

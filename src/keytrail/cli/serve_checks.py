@@ -140,7 +140,12 @@ def check_kafka_access(settings: ServeSettings) -> None:
 
     from keytrail.transport.kafka import access_refused
 
-    if refused := asyncio.run(access_refused(settings.kafka)):
+    refused = asyncio.run(access_refused(settings.kafka))
+    if refused is not None and refused.silent:
+        # Perhaps a TLS broker too slow to answer now, not a plain listener: a node refusing to start
+        # while Kafka struggles would serve no calls, where its audit log can keep them until Kafka is back.
+        log.warning("--kafka %s: %s (serving on: the shipper retries)", settings.kafka, refused)
+    elif refused is not None:
         raise fail(f"--kafka {settings.kafka}: {refused}", "keytrail serve", code=1)
 
 

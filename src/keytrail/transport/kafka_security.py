@@ -202,7 +202,11 @@ def _file_problem(error: Exception, holds: str) -> str:
 class KafkaAccessRefused(KafkaConnectionError):  # type: ignore[misc]  # aiokafka.errors is untyped
     """The broker answered, but would not let keytrail in: its TLS certificate did not verify, TLS
     failed, or it refused the SASL credentials. A KafkaConnectionError, so that whatever waits out
-    a broker out of reach (the shipper, the alarm hook) waits this out too; its text says which."""
+    a broker out of reach (the shipper, the alarm hook) waits this out too; its text says which.
+    `silent`: it took the TCP connection but never answered the TLS hello, as a plain listener does,
+    and as a TLS broker too slow to answer would: likely, not certain, a refusal."""
+
+    silent: bool = False
 
     def __str__(self) -> str:  # aiokafka's errors put their class name first
         return str(self.args[0])
@@ -213,7 +217,9 @@ def refusal(errors: Sequence[BaseException], security: KafkaSecurity) -> KafkaAc
     the broker is out of reach, or failed otherwise)."""
     for error in errors:
         if said := _refused(error, security):
-            return KafkaAccessRefused(said)
+            refused = KafkaAccessRefused(said)
+            refused.silent = isinstance(error, TimeoutError)
+            return refused
     return None
 
 
