@@ -14,14 +14,10 @@ import shutil
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tests.support.certificates import self_signed_pem
 from tests.support.softhsm import softhsm_module, softhsm_token
 
 from keytrail.clock import ManualClock
@@ -41,23 +37,6 @@ class NullSink:
         return None
 
 
-def _anchor() -> str:
-    private = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(private.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + timedelta(days=1))
-        .sign(private, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
-
-
 async def _setup(tmp: Path) -> tuple[KmsService, CallContext, str, str]:
     store = SqliteStore(tmp / "keys.db", RootKey(os.urandom(32)))
     svc = KmsService(
@@ -72,7 +51,7 @@ async def _setup(tmp: Path) -> tuple[KmsService, CallContext, str, str]:
             {
                 "CustomKeyStoreName": "bench",
                 "CloudHsmClusterId": "cluster-benchtokenaa",
-                "TrustAnchorCertificate": _anchor(),
+                "TrustAnchorCertificate": self_signed_pem("bench"),
                 "KeyStorePassword": PIN,
             },
         )
