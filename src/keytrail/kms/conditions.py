@@ -8,7 +8,6 @@ or values". Patterns never become regexes from raw text: every literal is escape
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import math
 import re
@@ -247,10 +246,11 @@ def _as_date(value: Any) -> datetime | None:
 
 
 def _as_bytes(value: Any) -> bytes | None:
-    """A BinaryEquals policy value: base-64 text, decoded."""
+    """A BinaryEquals policy value: base-64 text, decoded. Text with a character past ASCII (é, which a
+    key policy may hold) is none: base64 refuses it with a ValueError of its own, not binascii.Error."""
     try:
         return base64.b64decode(value, validate=True) if isinstance(value, str) else None
-    except binascii.Error:
+    except ValueError:  # binascii.Error is one
         return None
 
 

@@ -87,6 +87,7 @@ def test_a_request_date_that_is_no_decimal_number_nor_iso_8601_matches_nothing(v
     ("hello", "hello", False),  # the raw text matched too, as if StringEquals
     ("aGVsbG8=", "aGVsbG8=", False),
     ("aGVsbG8=", "Hello", False),
+    ("\u00e9", "\u00e9", False),  # not base 64: a stored policy's value matching nothing, never a 500
 ])
 def test_binary_equals_compares_the_bytes_the_policy_value_encodes(policy: str, value: Any, expected: bool) -> None:
     assert holds("BinaryEquals", "kms:EncryptionContext:a", policy, {"kms:EncryptionContext:a": value}) is expected
@@ -176,6 +177,9 @@ def test_a_value_its_operator_cannot_read_is_malformed(condition: dict[str, Any]
     {"Bool": {"aws:SecureTransport": 1}},
     {"Null": {"kms:EncryptionContextKeys": "no"}},
     {"BinaryEquals": {"kms:EncryptionContext:a": "hello!"}},
+    # Latin-1 passes the key policy's character check, and base64's reader refused it with a
+    # ValueError of its own, not binascii.Error: CreateKey and PutKeyPolicy were a 500 with it.
+    {"BinaryEquals": {"kms:EncryptionContext:a": "caf\u00e9"}},
 ])
 def test_other_unreadable_values_are_malformed_too(condition: dict[str, Any]) -> None:
     assert "has a value that is not" in refusal_when_set(condition)
