@@ -136,6 +136,13 @@ _NOT_VACUUMABLE = """SELECT array_agg(relname::text ORDER BY relname) FROM pg_cl
     AND NOT pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')"""
 
 
+def _storable(*names: str) -> bool:
+    """Whether a row could be named so: PostgreSQL's text holds no NUL character, and asyncpg refuses
+    a query with one. A caller may name one (KeyId "alias/a\\x00b", a forged ciphertext's key id): it
+    names no row here, as in the SQLite store (here it was a KMSInternalException)."""
+    return not any("\x00" in name for name in names)
+
+
 class StoreBusy(Exception):
     """The key store cannot be resealed now: other clients are connected, or the role cannot
     rewrite its tables."""
@@ -257,6 +264,8 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
     # --- keys --------------------------------------------------------------------------------
 
     async def get_key(self, account: str, region: str, key_id: str) -> Key | None:
+        if not _storable(account, region, key_id):
+            return None
         rows = await self._rows(
             "SELECT account, region, key_id, doc FROM kms_keys WHERE account=$1 AND region=$2 AND key_id=$3",
             account, region, key_id,
@@ -324,6 +333,8 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
     # --- aliases -----------------------------------------------------------------------------
 
     async def get_alias(self, account: str, region: str, name: str) -> Alias | None:
+        if not _storable(account, region, name):
+            return None
         rows = await self._rows(
             "SELECT account, region, name, doc FROM kms_aliases WHERE account=$1 AND region=$2 AND name=$3",
             account, region, name,
@@ -486,6 +497,8 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
         return [grant for grant in grants.values() if not wanted.isdisjoint(grant_terms(grant))]
 
     async def get_grant(self, account: str, region: str, key_id: str, grant_id: str) -> Grant | None:
+        if not _storable(account, region, key_id, grant_id):
+            return None
         rows = await self._rows(f"SELECT account, region, key_id, grant_id, doc FROM kms_grants WHERE {_OF_KEY} "
                                 "AND grant_id=$4", account, region, key_id, grant_id)
         return self._grant(rows[0]) if rows else None
