@@ -17,6 +17,7 @@ import json
 import logging
 import struct
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import repeat
 from pathlib import Path
@@ -57,6 +58,7 @@ AVRO_COLUMNS = (
 _MAGIC = b"\xc3\x01"
 _PREFIX = 10  # magic + 8-byte fingerprint
 _SYNC = b"keytrail-pipeline"[:16]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @lru_cache(maxsize=2)
@@ -170,7 +172,25 @@ def _mixed(values: Sequence[bytes]) -> pl.DataFrame:
 
 
 def _read(prefix: bytes, values: Sequence[bytes]) -> pl.DataFrame:
-    return _complete(read_writer_columns(prefix, values, _writers()[prefix][1]))
+    frame = read_writer_columns(prefix, values, _writers()[prefix][1])
+    _check_times(frame)
+    return _complete(frame)
+
+
+#: The eventTimes a value can hold, in milliseconds: Python's datetime, years 1 to 9999, as fastavro
+#: reads them (`is_whole_value`, `keytrail audit events`).
+_FIRST_MILLIS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+_LAST_MILLIS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _check_times(frame: pl.DataFrame) -> None:
+    """Refuse, as undecodable, values whose eventTime is past a date's range: a damaged long (a
+    poisoned Kafka message) that polars reads as a row, where the frame's cast to microseconds then
+    overflowed (or, past year 9999, a date did) and failed the batch at every restart; refused, the
+    values are vetted one by one and it is skipped (`readable_avro`)."""
+    if "eventTime" in frame.columns and not frame["eventTime"].dt.epoch("ms").is_between(
+            _FIRST_MILLIS, _LAST_MILLIS).all():
+        raise pl.exceptions.ComputeError("an Avro value's eventTime is past a date's range")
 
 
 def say_unknown_writers(partition: str, values: Sequence[bytes], offsets: Sequence[int]) -> set[int]:

@@ -448,6 +448,26 @@ async def test_a_value_holding_two_events_is_skipped_not_read_as_two_rows_shifti
     assert "p0: skipped 1 audit values that cannot be decoded (offsets 200)" in caplog.text
 
 
+@pytest.mark.parametrize("millis", [-(2**60), 2**62, 253402300800000])  # the last: 10000-01-01
+async def test_a_value_whose_event_time_is_past_a_dates_range_is_skipped_not_a_stop_of_its_partition(
+    tmp_path: Path, events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture, millis: int
+) -> None:
+    """A value of a known writer whose eventTime long is damaged but still a long (a poisoned Kafka
+    message) read as a row in polars, then failed the batch's frame (InvalidOperationError: the
+    cast to microseconds overflowed), the same batch again at every restart; fastavro, and `audit
+    events`, refuse such a time."""
+    from keytrail.audit import schema
+
+    values = [schema.encode(event) for event in events[:600]]
+    _, start = schema._event_id_span(values[77])  # eventTime follows eventID
+    _, end = schema._read_long(values[77], start)
+    values[77] = values[77][:start] + schema.avro_long(millis) + values[77][end:]
+    stats = await Runner(state_dir(tmp_path), ValuesSource(values, size=600)).run()
+    assert (stats.records, stats.unreadable) == (600, 1)
+    _assert_exact(tmp_path, [e for i, e in enumerate(events[:600]) if i != 77])
+    assert "p0: skipped 1 audit values that cannot be decoded (offsets 77)" in caplog.text
+
+
 async def test_a_damaged_batch_says_one_warning_and_no_panic_text_and_counts_exact(
     tmp_path: Path, events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
