@@ -27,6 +27,13 @@ __all__ = ["UsageSpike"]
 # Minutes of event time between two looks for idle pairs at a tick: a look reads every pair, and a
 # live detector ticks every few seconds; a pair idle for days may stay an hour longer.
 _SWEEP_EVERY = 60
+# Minutes a call may be dated before its pair's latest minute and still count in that minute: the
+# calls of several nodes, or of one crossing a minute's end, come a little out of order. A call dated
+# earlier (a node's clock stepped back, and its calls repeat minutes the pair has had) counts in its
+# own minute: counted in the latest, every call of the minutes the step repeats piled up in one, and a
+# pair calling at its steady rate fired (2 calls a minute, stepped back 15 minutes: "21 calls/min").
+# Below `factor` (10) minutes, so that what does pile up stays under a spike.
+_LATE_MINUTES = 2
 
 
 @dataclass(slots=True)
@@ -78,6 +85,50 @@ class _Rate:
         """Calls in the busiest minute of the baseline (0 without one)."""
         return self.peaks[0][1] if self.peaks else 0
 
+    def count_late(self, minute: int, horizon: int) -> None:
+        """Count a call of `minute`, earlier than the pair's latest, in that minute's baseline (a
+        call older than the baseline is not counted). Not judged: its minute has passed."""
+        if minute < self.minute - horizon:
+            return
+        if self.past is None or self.peaks is None:
+            self.past, self.peaks = deque(), deque()
+        count = _add_call(self.past, minute)
+        self.total += 1
+        self.first_minute = min(self.first_minute, minute)
+        _raise_peak(self.peaks, minute, count)
+
+
+def _add_call(past: deque[tuple[int, int]], minute: int) -> int:
+    """Add a call to `minute` in `past` (minutes rising) and return its count there. Searched from
+    the end: a late call is mostly of a recent minute."""
+    at = len(past)
+    while at and past[at - 1][0] > minute:
+        at -= 1
+    if at and past[at - 1][0] == minute:
+        count = past[at - 1][1] + 1
+        past[at - 1] = (minute, count)
+        return count
+    past.insert(at, (minute, 1))
+    return 1
+
+
+def _raise_peak(peaks: deque[tuple[int, int]], minute: int, count: int) -> None:
+    """Keep `peaks` the minutes no later minute outdoes (counts falling) once `minute`'s count rose
+    to `count`: it joins them unless a later one has as many calls, and outdoes the earlier ones
+    with no more calls than it (just before it, as counts fall)."""
+    at = len(peaks)
+    while at and peaks[at - 1][0] > minute:
+        at -= 1
+    if at < len(peaks) and peaks[at][1] >= count:
+        return  # outdone by a later minute (so it was no peak before either)
+    if at and peaks[at - 1][0] == minute:
+        at -= 1
+        del peaks[at]
+    while at and peaks[at - 1][1] <= count:
+        at -= 1
+        del peaks[at]
+    peaks.insert(at, (minute, count))
+
 
 class UsageSpike:
     """Fires once per spiking minute, when the count crosses `factor` x baseline, `peak_factor` x
@@ -125,9 +176,12 @@ class UsageSpike:
         rate = self._rates.get(pair) or self._rate_of_new_pair(pair, minute)
         if rate is None:  # a caller of a key whose pairs are all kept
             return []
-        if minute > rate.minute:  # late events count in the current minute
+        if minute > rate.minute:
             rate.roll(minute, self._horizon)
-        rate.count += 1
+        elif minute < rate.minute - _LATE_MINUTES:
+            rate.count_late(minute, self._horizon)
+            return []
+        rate.count += 1  # a call a little late counts in the current minute
         if rate.count < self._min_calls:
             return []
         if rate.fired_minute == rate.minute:

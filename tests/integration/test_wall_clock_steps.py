@@ -1,0 +1,89 @@
+"""A real `keytrail serve` whose wall clock steps (an NTP step, a clock set by hand) while it runs:
+its own detector, reading the node's event log in the order the calls were logged, judges them
+as they happened."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from tests.support.server import KeytrailServer
+from tests.support.waits import eventually_blocking
+from tests.support.wall_clock import SteppedWallClock
+
+# usage-spike sooner than its defaults (100 calls a minute over an hour of history), as configured
+_RULES = "[rules.usage-spike.parameters]\nmin_calls = 20\nmin_history_minutes = 5\n"
+
+
+class _Minutes:
+    """Sets the node's clock 5 s into a minute counted from where the test began (minute 0)."""
+
+    def __init__(self, clock: SteppedWallClock, start: float) -> None:
+        self.clock, self.start = clock, start
+
+    def at(self, minute: int) -> None:
+        self.clock.step_to(round(self.start + minute * 60 + 5 - time.time()))
+
+
+@pytest.fixture
+def stepped_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[KeytrailServer, _Minutes]]:
+    """A node (its detector a child process, on the real clock's path) whose clock the test sets;
+    --dev-credentials, so that the test's own calls, signed by the real clock, are not refused as
+    expired whatever the node's clock says."""
+    clock = SteppedWallClock(tmp_path)
+    minutes = _Minutes(clock, (time.time() // 60 - 120) * 60)  # two hours back: never ahead of the real clock
+    minutes.at(0)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(_RULES)
+    server = KeytrailServer(tmp_path / "data", "--dev-credentials", "--config", str(rules), dev_clock=False)
+    with clock.preloaded(monkeypatch):
+        server.start()
+    try:
+        yield server, minutes
+    finally:
+        assert server.stop() == 0
+
+
+def _kms(server: KeytrailServer) -> Any:
+    return boto3.client("kms", endpoint_url=server.endpoint, region_name="us-east-1",
+                        aws_access_key_id="111122223333", aws_secret_access_key="unchecked",
+                        config=Config(retries={"total_max_attempts": 1}))
+
+
+def _spikes(server: KeytrailServer) -> list[dict[str, Any]]:
+    path = server.data_dir / "alarms.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [alarm for alarm in map(json.loads, lines) if alarm["rule"] == "usage-spike"]
+
+
+def test_a_steady_caller_raises_no_usage_spike_when_the_node_clock_steps_back(
+        stepped_node: tuple[KeytrailServer, _Minutes]) -> None:
+    """20 minutes at 2 calls a minute, the clock set back 15 minutes, the same 2 calls a minute
+    on: every call of the 15 repeated minutes was counted in the minute before the step, and the
+    node's detector paged a spike ("21 calls/min against a baseline of 2.05/min") for a caller
+    that never changed its pace. A real surge afterwards is still raised, and is the only alarm."""
+    server, minutes = stepped_node
+    kms = _kms(server)
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    for minute in [*range(20), *range(5, 21)]:  # minutes 5..19 twice: the step back
+        minutes.at(minute)
+        for _ in range(2):
+            kms.encrypt(KeyId=key, Plaintext=b"x")
+    minutes.at(21)
+    for _ in range(60):  # 30 times the pace, in one minute
+        kms.encrypt(KeyId=key, Plaintext=b"x")
+    eventually_blocking(lambda: _spikes(server), what="the surge's usage-spike alarm", timeout=60)
+    raised = list({alarm["alarmId"]: alarm for alarm in _spikes(server)}.values())  # its last line, if it escalated
+    assert len(raised) == 1, [alarm["summary"] for alarm in raised]
+    [alarm] = raised
+    surge = f"{datetime.fromtimestamp(minutes.start + 21 * 60, UTC):%Y-%m-%dT%H:%M:%SZ}"
+    assert alarm["firstSeen"] >= surge, f"raised at {alarm['firstSeen']}, before the surge: {alarm['summary']}"
+    assert int(alarm["details"]["observedRate"]) >= 20
