@@ -951,6 +951,36 @@ def test_requests_the_http_stack_refuses_itself_are_counted_in_metrics(fresh_ser
                        "protocol_upgrade": 0}
 
 
+def test_a_trailer_streamed_after_a_chunked_body_is_refused_431_not_held(fresh_server: KeytrailServer) -> None:
+    # httptools joins a trailer field from every read it spans and nothing counted it: one field
+    # of 64 MB (the most read of a refused body) took ~95 MB of the node and 3 s of its loop, 8 such
+    # unauthenticated connections 490 MB and a 24 s wait for /_keytrail/health; a signed call's ran
+    # on until its 60 s deadline. Past 64 KiB, as a head, the answer is 431 and the connection closes.
+    body = b"{}"
+    request = AWSRequest(method="POST", url=fresh_server.endpoint + "/", data=body, headers={
+        "X-Amz-Target": "TrentService.ListKeys", "Content-Type": "application/x-amz-json-1.1"})
+    SigV4Auth(Credentials("AKIAALICE000000000001", "alice-secret"), "kms", "us-east-1").add_auth(request)
+    headers = {"Host": f"127.0.0.1:{fresh_server.port}", **request.prepare().headers, "Transfer-Encoding": "chunked"}
+    headers.pop("Content-Length", None)
+    head = "POST / HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    answer = b""
+    with socket.create_connection(("127.0.0.1", fresh_server.port), timeout=10) as sock:
+        with contextlib.suppress(ConnectionError):  # refused while it sends: the answer is read below
+            sock.sendall(head.encode() + b"2\r\n{}\r\n0\r\nX-Trailer: ")
+            for _ in range(64):
+                sock.sendall(b"a" * 16384)
+            sock.sendall(b"\r\n\r\n")  # 1 MiB of trailer, whole: served 200 before
+        with contextlib.suppress(ConnectionError):
+            while data := sock.recv(65536):
+                answer += data
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"RequestHeaderFieldsTooLarge" in answer, answer[:200]
+    refused = _counted(fresh_server.get("/metrics")[1].decode(), "keytrail_http_refused_requests_total")
+    assert refused["headers_too_large"] == 1
+    assert fresh_server.stop() == 0
+    assert list(iter_events(fresh_server.data_dir)) == []  # refused before its signature was checked
+    assert "Traceback" not in fresh_server.log.read_text()
+
+
 def _counted(metrics: str, family: str) -> dict[str, int]:
     """A counter family with one label, `reason`, from a /metrics page."""
     prefix = family + '{reason="'

@@ -22,7 +22,11 @@ which would hold its connection and request task forever (slowloris). And its UR
 must fit in `HEAD_BYTES`: uvicorn keeps every header it is sent, so one client streaming headers
 fast filled the server's memory (200 MB of headers: 200 MB more resident). The bytes are counted
 per read while a head is arriving, not per header: a Python call per header cost every request
-2–4 µs.
+2–4 µs. A chunked body's trailer section, after its last chunk, is bounded alike (`_trailing`):
+httptools joins a field from every read it spans (bytes += bytes) whether or not anyone keeps it,
+so one trailer field streamed after `0\r\n` grew the node by its size, joined in quadratic time on
+the loop (64 MB, the most read of a body already refused, unauthenticated: ~95 MB and 3 s of
+CPU; eight such connections 490 MB and a 24 s wait for every other client).
 
 A connection must also send its first request within uvicorn's keep-alive timeout (as it must each
 next one): uvicorn arms that timer only after a response, so a connection that never sent a byte
@@ -237,6 +241,8 @@ class _ReadingOn:
         self._protocol = protocol
         self._framing = True  # the framing head is being read: its callbacks are dropped
         self.on_body = protocol.on_body
+        self.on_chunk_header = protocol.on_chunk_header
+        self.on_chunk_complete = protocol.on_chunk_complete
         self.on_message_complete = protocol.on_message_complete
 
     def on_message_begin(self) -> None:
@@ -267,6 +273,9 @@ def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
 _HEAD_TOO_LARGE = _Refusal(_last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
                                         f"The request's URL and headers exceed {HEAD_BYTES} bytes."),
                            "headers_too_large")
+_TRAILER_TOO_LARGE = _Refusal(_last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
+                                            f"The request's trailer fields exceed {HEAD_BYTES} bytes."),
+                               "headers_too_large")
 _OVERDUE = _Refusal(_last_answer(b"408 Request Timeout", "RequestTimeoutException",
                                  "The request did not arrive whole in time."), "request_timeout")
 # CONNECT, or `Connection: Upgrade` with an Upgrade other than h2c alone (a WebSocket): keytrail has
@@ -442,6 +451,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._read_bytes = 0  # of the read being parsed
         self._head_overflowed = False  # a head found past HEAD_BYTES as it ended (on_headers_complete)
         self._head_refusal: _Refusal | None = None  # of a head refused as it ended (on_headers_complete)
+        # A chunk's size line was read and no data of it since: what follows is that chunk's data,
+        # or the trailer section if it was the last (httptools does not say which). The reads
+        # begun so are counted, and chunk data, which ends it, starts the count again.
+        self._trailing = False
+        self._trailer_bytes = 0
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
         self._sent_all = False  # the client closed its sending side (eof_received): it closes after the answers
@@ -549,6 +563,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._read_bytes = len(data)
+        if self._trailing:
+            self._trailer_bytes += len(data)
         # uvicorn's data_received, but for an upgrade: only a request asking for h2c gets that far
         # (on_headers_complete refuses any other), and what follows its head is read on as HTTP/1.1.
         self._unset_keepalive_if_required()
@@ -576,6 +592,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             if self._head_bytes - self._maybe_before_head > HEAD_BYTES and not self.transport.is_closing():
                 self._refuse_next(_HEAD_TOO_LARGE)  # no task started: its headers never ended
+        elif self._trailing and self._trailer_bytes > HEAD_BYTES and not self.transport.is_closing():
+            self._refuse_trailer()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -610,6 +628,29 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             # knowing no interim answers, read as the answer itself.
             self.expect_100_continue = False
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._trailing = False  # chunk data: the body's, bounded by the app
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:
+        self._trailing, self._trailer_bytes = True, 0
+
+    def on_chunk_complete(self) -> None:  # a chunk's data, or the trailer section, ended
+        self._trailing = False
+
+    def _refuse_trailer(self) -> None:
+        """Refuse a request whose trailer section passed HEAD_BYTES, counted from the read after the
+        one it began in (which holds at most one read more), as a head past it is refused. A request
+        answered already (a 413 or a refusal before authentication, whose body is read on and
+        dropped) is not answered again: its connection closes, as past DRAIN_BYTES."""
+        self._trailing = False
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            self._draining = True  # so that the close is not put off to read on (`_lingers`)
+            self.transport.close()
+            return
+        self._refuse_next(_TRAILER_TOO_LARGE)
 
     def _unreadable(self) -> None:
         """uvicorn's answer to bytes the parser cannot read (its send_400_response, ours below)."""

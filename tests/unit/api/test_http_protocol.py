@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import socket
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -932,3 +934,85 @@ async def test_each_request_the_protocol_refuses_itself_is_counted_once_by_its_r
     finally:
         server.should_exit = True
     assert refusals == {"request_timeout": 2, "headers_too_large": 2, "malformed_http": 3}  # no upgrade sent
+
+
+# --- a chunked body's trailer section is bounded, as the head is ---------------------------------
+
+_CHUNKED = b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n2\r\n{}\r\n"
+
+
+def _stream_then_read(port: int, *parts: bytes) -> bytes:
+    """Send `parts` a moment apart (each its own read, as a client streaming them), stopping at the
+    first the server refuses; then what the server answered, read until it closes, or b"<still
+    open>" after it if it has not in 2 s. A reset after the answer is a close too (the answer was
+    read before it)."""
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        with contextlib.suppress(ConnectionError):
+            for part in parts:
+                sock.sendall(part)
+                time.sleep(0.02)
+        try:
+            while data := sock.recv(65536):
+                answer += data
+        except ConnectionError:
+            pass
+        except TimeoutError:
+            answer += b"<still open>"
+    return answer
+
+
+async def test_a_trailer_streamed_past_the_head_limit_gets_431_and_its_request_is_told_the_client_is_gone() -> None:
+    """httptools joins a field's value from every read it spans (bytes += bytes), and only the head
+    was counted: one trailer field streamed after the last chunk grew the node by its size, its
+    joining took quadratic CPU on the loop, and it ran on until the request's deadline."""
+    refusals: Counter[str] = Counter()
+    received: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            while (message := await receive()).get("more_body"):
+                pass
+            received.append(message["type"])  # never answered: the refusal is the protocol's
+
+    server, port = await _serve(app, _Patient.counting_refusals(refusals))
+    try:
+        piece = b"a" * 16_000
+        streamed = [piece] * (HEAD_BYTES // len(piece) + 4)  # the value never ends: no CRLF
+        answer = await asyncio.to_thread(_stream_then_read, port, _CHUNKED + b"0\r\nx-trailer: ", *streamed)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 431 ") and b"connection: close" in head, answer
+        assert json.loads(body) == {"__type": "RequestHeaderFieldsTooLarge",
+                                    "message": f"The request's trailer fields exceed {HEAD_BYTES} bytes."}
+        assert refusals == {"headers_too_large": 1}
+        await eventually(lambda: received == ["http.disconnect"], what="the request told its client is gone")
+    finally:
+        server.should_exit = True
+
+
+async def test_chunks_and_a_small_trailer_spread_over_many_reads_are_served() -> None:
+    """Only the trailer is counted: chunk data, however many reads it spans, is the body's (bounded
+    by the app), and a trailer field within the limit is dropped as before."""
+    server, port = await _serve(_slow_echo, _Patient)
+    try:
+        data = b"b" * 40_000
+        chunk = b"%x\r\n%s\r\n" % (len(data), data)
+        parts = [_CHUNKED, *[chunk[i:i + 8000] for i in range(0, len(chunk), 8000)] * 3,
+                 b"0\r\nx-trailer: ", b"a" * 8000, b"a" * 8000 + b"\r\n\r\n"]
+        answer = await asyncio.to_thread(_stream_then_read, port, *parts)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"{}<still open>"), answer
+    finally:
+        server.should_exit = True
+
+
+async def test_a_trailer_streamed_behind_a_refused_body_closes_the_connection_without_a_second_answer() -> None:
+    """A body answered early (413) is read on and dropped; its trailer is parsed as it comes, so it
+    is bounded there too, the connection closed with the one answer given."""
+    server, port = await _serve(_refusing, _Patient)
+    try:
+        piece = b"a" * 16_000
+        streamed = [piece] * (HEAD_BYTES // len(piece) + 4)
+        answer = await asyncio.to_thread(_stream_then_read, port, _CHUNKED + b"0\r\nx-trailer: ", *streamed)
+        assert answer.startswith(b"HTTP/1.1 413 ") and answer.endswith(b'{"__type":"SerializationException"}'), answer
+    finally:
+        server.should_exit = True
