@@ -33,6 +33,12 @@ _OUT_OF_REACH = (OSError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdown
 # the role or the database (SQLSTATE 57014, 55P03), or pg_cancel_backend. They raised out of the
 # call as bugs: a traceback in the log each, and "An internal error occurred." to the client.
 _CANCELED = (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError)
+# The database refusing to store anything while it still answers: its sessions read-only (the hot
+# standby a failover left the store's address on, default_transaction_read_only set for maintenance
+# or by a managed PostgreSQL whose storage is nearly full: SQLSTATE 25006), or unable to write its
+# files (its disk full, 53100: "could not extend file"; an I/O error, 58030). They raised out of
+# each write as bugs: a traceback a call, "An internal error occurred." to the client.
+_WRITES_REFUSED = (asyncpg.ReadOnlySQLTransactionError, asyncpg.DiskFullError, asyncpg.PostgresIOError)
 # Seconds between two log lines of one kind of the database's refusals (a new connection, a
 # statement for the role's privileges, a statement it gave up).
 REFUSED_LOG_SECONDS = 60.0
@@ -122,6 +128,8 @@ class PostgresConnections:
             raise self._refused(exc) from None
         except asyncpg.InsufficientPrivilegeError as exc:
             raise self._denied(exc) from None
+        except _WRITES_REFUSED as exc:
+            raise self._write_refused(exc) from None
         except _OUT_OF_REACH as exc:
             if type(exc).__module__.startswith("keytrail"):  # keytrail's own OSErrors (LedgerMismatch): no outage
                 raise
@@ -190,6 +198,16 @@ class PostgresConnections:
             log.error("the key store refused a statement (%s): calls that need it fail with KMSInternalException "
                       "until the role is granted SELECT, INSERT, UPDATE and DELETE on the key store's tables again",
                       " ".join(str(exc).split()))
+        return errors.KMSInternalException(
+            "The request was rejected because an internal exception occurred. The request can be retried.")
+
+    def _write_refused(self, exc: asyncpg.PostgresError) -> errors.KmsError:
+        """AWS's retryable internal error when the database refuses to store a call's change while
+        it answers reads (read-only, its disk full): the calls that only read go on. Logged at most
+        once a minute, in the database's words, which say which of them it is."""
+        if self._log_due("writes"):
+            log.error("the key store refused a write (%s): calls that change keys, aliases or grants fail with "
+                      "KMSInternalException until the database takes writes again", " ".join(str(exc).split()))
         return errors.KMSInternalException(
             "The request was rejected because an internal exception occurred. The request can be retried.")
 
