@@ -559,6 +559,8 @@ def settings_of_text(text: str, path: Path, *, delivering: bool = True,
         doc: dict[str, Any] = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses per level: arrays or inline tables some hundreds deep
+        raise BadInput(f"{path}: not valid TOML (values nested too deeply)") from None
     if unknown := set(doc) - {"rules", "hooks"}:  # a misspelt [rule.…] table left its rule as it was
         raise BadInput(f"{path}: unknown table(s) or setting(s) {', '.join(sorted(unknown))} "
                        "(a settings file holds [rules.<id>] and [hooks])")

@@ -228,6 +228,8 @@ def load_rules(path: Path, base: RuleSet | None = None) -> RuleSet:
         doc = tomllib.loads(read_regular_text(path, "utf-8-sig"))  # TOML is UTF-8; a leading BOM is allowed
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:  # not UTF-8: a binary file, the wrong one
         raise RuleError(f"cannot read rules file {path}: {exc}") from None
+    except RecursionError:  # tomllib recurses per level: arrays or inline tables some hundreds deep
+        raise RuleError(f"cannot read rules file {path}: values nested too deeply") from None
     return (base or RuleSet()).override(doc.get("rules", {}))
 
 

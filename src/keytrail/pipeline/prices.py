@@ -59,6 +59,8 @@ def load_price_table(path: Path) -> PriceTable:
         raise ValueError(f"{path}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:  # a binary file, or the wrong file named
         raise ValueError(f"{path}: not valid TOML (not UTF-8 text)") from None
+    except RecursionError:  # tomllib recurses per level: arrays or inline tables some hundreds deep
+        raise ValueError(f"{path}: not valid TOML (values nested too deeply)") from None
     known = {f.name: f.type for f in fields(PriceTable)}
     unknown = sorted(set(data) - set(known))
     if unknown:

@@ -534,6 +534,18 @@ def test_serve_and_detect_name_a_binary_settings_or_principals_file(tmp_path: Pa
     _one_line_error(result, f"keytrail detect: {binary}: not valid TOML (not UTF-8 text)")
 
 
+def test_serve_and_detect_name_a_settings_file_nested_too_deeply(tmp_path: Path) -> None:
+    # tomllib recurses once per level: arrays 2,000 deep were a RecursionError traceback, as the
+    # principals file's once were.
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[rules]\nx = " + "[" * 2000 + "]" * 2000 + "\n")
+    result = _keytrail("serve", "--data-dir", tmp_path / "node", "--port", "0", "--config", deep)
+    _one_line_error(result, f"keytrail serve: --config: {deep}: not valid TOML (values nested too deeply)")
+    log = _cloudtrail_gzip(tmp_path / "a.json.gz")
+    result = _keytrail("detect", "--cloudtrail", log, "--config", deep)
+    _one_line_error(result, f"keytrail detect: {deep}: not valid TOML (values nested too deeply)")
+
+
 @pytest.mark.parametrize(("options", "complaint"), [
     (("--principals", "bad.toml"), "keytrail serve: {bad}: Expected ']]' at the end of an array declaration"),
     (("--config", "bad.toml"), "keytrail serve: --config: {bad}: not valid TOML"),

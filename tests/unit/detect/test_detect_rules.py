@@ -118,6 +118,13 @@ def test_a_rules_file_that_is_not_utf8_is_refused_as_a_rule_error(tmp_path: Path
         load_rules(path)
 
 
+def test_a_rules_file_nested_too_deeply_is_refused_as_a_rule_error(tmp_path: Path) -> None:
+    path = tmp_path / "rules.toml"
+    path.write_text("x = " + "[" * 2000 + "]" * 2000)  # tomllib recursed past Python's limit: RecursionError
+    with pytest.raises(RuleError, match="cannot read rules file .*: values nested too deeply"):
+        load_rules(path)
+
+
 def test_parameters_of_the_right_kind_apply(tmp_path: Path) -> None:
     path = tmp_path / "rules.toml"
     path.write_text("[rules.usage-spike]\nwindow = 600\nthresholds = { HIGH = 3 }\n"

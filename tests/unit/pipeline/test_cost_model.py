@@ -163,6 +163,7 @@ def test_price_table_refuses_values_that_are_not_prices_or_counts(tmp_path: Path
 @pytest.mark.parametrize(("content", "reason"), [
     (b"key_month = \n", "not valid TOML (Invalid value (at line 1, column 13))"),
     (b"\xff\xfe", "not valid TOML (not UTF-8 text)"),  # it said "'utf-8' codec can't decode byte 0xff …"
+    (b"key_month = " + b"[" * 2000 + b"]" * 2000, "not valid TOML (values nested too deeply)"),  # a RecursionError
 ])
 def test_a_price_table_that_is_no_toml_is_named_with_its_file(tmp_path: Path, content: bytes, reason: str) -> None:
     path = tmp_path / "prices.toml"
