@@ -192,3 +192,26 @@ def _read_any(stream: JsonStream) -> Any:
             others[key] = stream.value()
     stream.end()
     return items, others
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 1 << 20])
+@pytest.mark.parametrize("between", ["\n", "", " \r\n\t"])
+def test_values_one_after_another_read_as_json_reads_each(size: int, between: str) -> None:
+    # JSON lines, objects with nothing between them (Firehose), documents one after another (zcat).
+    values = [{"a": 1, "b": [1, {"c": "}{"}]}, {"d": -2.5e3}, [1, 2], "x", {"e": {}}, True]
+    stream = _stream(between.join(map(json.dumps, values)) + between, size)
+    read: list[Any] = []
+    while stream.add_values(read, len(read) + 2):
+        pass
+    assert read == values
+
+
+@pytest.mark.parametrize("size", [1, 3, 1 << 20])
+def test_a_document_after_another_is_entered_afresh(size: int) -> None:
+    # a second document's first member was taken for one after a first member: "Expecting ','"
+    stream = _stream('{"a": 1, "b": 2}{"c": 3}', size)
+    documents = []
+    while stream.more():
+        assert stream.begin_object()
+        documents.append({key: stream.value() for key in iter(stream.next_key, None)})
+    assert documents == [{"a": 1, "b": 2}, {"c": 3}]

@@ -36,7 +36,8 @@ __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "KAFKA
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
-CLOUDTRAIL_HELP = "CloudTrail log files or folders (.json, .json.gz): several after one --cloudtrail, or repeat it."
+CLOUDTRAIL_HELP = ("CloudTrail log files or folders (.json, .json.gz; lookup-events, CloudWatch Logs, EventBridge "
+                   "and JSON lines shapes too): several after one --cloudtrail, or repeat it.")
 
 #: The settings of a command taking `--cloudtrail PATH…` (`--cloudtrail AWSLogs/*/*.json.gz` as a shell
 #: expands it): click gives an option one value, so the other paths arrive as extra arguments

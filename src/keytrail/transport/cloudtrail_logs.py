@@ -1,5 +1,15 @@
-"""Reading AWS CloudTrail log files (`{"Records": [...]}`, .json or .json.gz, files or folders), and
-the output of `aws cloudtrail lookup-events` (`{"Events": [{"CloudTrailEvent": "<record>"}, ...]}`).
+"""Reading AWS CloudTrail records from files or folders, in every common shape they are kept in,
+told apart by each file's content (gzipped or not):
+
+- a trail's log files (`{"Records": [...]}`; an organization trail's bucket alike), or several of
+  them one after another (`zcat *.json.gz > all.json`);
+- the output of `aws cloudtrail lookup-events` (`{"Events": [{"CloudTrailEvent": "<record>"}, ...]}`)
+  and of `aws logs filter-log-events` / `get-log-events` over a trail's CloudWatch Logs log group
+  (`{"events": [{"message": "<record>"}, ...]}`);
+- records one after another (JSON lines, or with nothing between them), bare or as EventBridge
+  events (`"detail-type": "AWS API Call via CloudTrail"`, the record under `"detail"`: a Firehose
+  delivery stream's objects), and a log group exported to S3 (CreateExportTask: lines
+  `<ISO time> <record>`).
 
 The pipeline, the detector and `keytrail audit import` read real AWS history through here, and
 keep the same records (`cloudtrail_records`). A malformed file or record is reported (file name
@@ -14,12 +24,13 @@ import codecs
 import gc
 import gzip
 import io
+import itertools
 import json
 import os
 import re
 import stat
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -33,7 +44,7 @@ from keytrail.transport.cloudtrail_records import normalized_record, record_prob
 from keytrail.transport.json_stream import JsonStream, JsonSyntaxError, ValueTooLarge
 
 __all__ = ["Held", "LogFile", "LogFileProblem", "ReadReport", "collector_paused", "held_log_files", "is_digest",
-           "is_digest_name", "is_lookup_output", "iter_cloudtrail_records", "iter_located_records", "iter_log_files",
+           "is_digest_name", "iter_cloudtrail_records", "iter_located_records", "iter_log_files",
            "read_log_file", "readable_records"]
 
 KMS_SOURCE = "kms.amazonaws.com"
@@ -145,7 +156,18 @@ def _logs_under(folder: Path, on_problem: Callable[[str], None] | None) -> Itera
 
 
 def _is_log(path: Path) -> bool:
-    return path.name.endswith((".json", ".json.gz"))
+    """Whether a file found in a folder is one to read: named as JSON or JSON lines (gzipped or
+    not), as CloudWatch Logs names the files of an export (`000000.gz`), or as Firehose names the
+    objects it delivers (`<stream>-<version>-YYYY-MM-DD-HH-MM-SS-<random>`, `.gz` when compressed).
+    Other files beside them (`aws-logs-write-test`, a `.log.gz` of another service) are not."""
+    name = path.name
+    return name.endswith(_LOG_SUFFIXES) or _EXPORT_NAME.fullmatch(name) is not None or \
+        _FIREHOSE_NAME.search(name) is not None
+
+
+_LOG_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+_EXPORT_NAME = re.compile(r"\d+\.gz")
+_FIREHOSE_NAME = re.compile(r"-\d+-\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d-[0-9A-Za-z-]+(\.gz)?$")
 
 
 def is_digest(document: Any) -> bool:
@@ -162,8 +184,9 @@ def read_log_file(path: Path) -> list[Any] | None:
 
 
 class LogFile:
-    """One CloudTrail log file (or lookup-events output), its records parsed as its text is read:
-    a file of any size is read holding one record, and a piece of its text, at a time."""
+    """One file of CloudTrail records (a log file, or another shape the module docstring names),
+    its records parsed as its text is read: a file of any size is read holding one record, and a
+    piece of its text, at a time."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -176,10 +199,10 @@ class LogFile:
         for what cannot be read, after the records before it. A key owner's copy of a
         cross-account call that keytrail exported is read as the caller's copy it was made from
         (keytrail/shared_events.py): every reader counts the call once."""
-        stream = JsonStream(self._text(), decoder=_DECODER, max_value=MAX_VALUE_CHARS)
+        stream = JsonStream(_stamps_blanked(self._text()), decoder=_DECODER, max_value=MAX_VALUE_CHARS)
         path = self.path
         try:
-            yield from self._document(stream)
+            yield from self._documents(stream)
         except JsonSyntaxError as exc:
             raise LogFileProblem(f"{path}: line {exc.line}: not valid JSON ({_complaint_at(exc)})") from None
         except ValueTooLarge as exc:
@@ -203,15 +226,29 @@ class LogFile:
             raise LogFileProblem(f"{path}: {_line_of(stream, 'number')}not valid JSON "
                                  "(an integer of more than 4,300 digits)") from None
 
-    def _document(self, stream: JsonStream) -> Iterator[Any]:
-        """The items of its "Records" array as they come; the other members are read whole (a
-        digest file's, lookup-events output's "Events"). A member named twice is LogFileProblem:
-        Python's json keeps the last and other tools the first, so either way records would be
-        lost without a word."""
+    def _documents(self, stream: JsonStream) -> Iterator[Any]:
+        """The records of each document of the text in turn: most files hold one; log files put
+        one after another (`zcat`) hold several. Once one is a record (or an EventBridge event),
+        the rest are records too, each read whole (`_sequence`)."""
+        while True:
+            if (yield from self._document(stream)):
+                yield from self._sequence(stream)
+                return
+            if not stream.more():
+                return
+
+    def _document(self, stream: JsonStream) -> Generator[Any, None, bool]:
+        """The records of one document, as they come: the items of its "Records" array (or of
+        lookup-events' "Events", of filter-log-events' "events"); the other members are read
+        whole (a digest file's), or the document is a record itself, or an EventBridge event
+        carrying one: returns True then. A member named twice is LogFileProblem: Python's json
+        keeps the last and other tools the first, so either way records would be lost without
+        a word."""
+        first_line = stream.line()
         if not stream.begin_object():
             stream.value()  # JSON that is no object: its syntax errors said as such
             stream.end()
-            raise LogFileProblem(f"{self.path}: line 1: {_NO_RECORDS}")
+            raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
         others: dict[str, Any] = {}
         seen: set[str] = set()
         streamed = False
@@ -223,18 +260,55 @@ class LogFile:
             if key == "Records" and stream.begin_array():
                 streamed = True
                 yield from self._records(stream)
+            elif key in _CARRIERS and stream.begin_array():
+                streamed = True
+                yield from self._carried(stream, _CARRIERS[key], first_line)
             else:
                 with collector_paused():
                     others[key] = stream.value()
-        stream.end()
         if streamed:
-            return
+            return False
         if is_digest(others):
             self.is_digest = True
-        elif is_lookup_output(others):
-            yield from (_lookup_record(event) for event in others["Events"])
-        else:
-            raise LogFileProblem(f"{self.path}: line 1: {_NO_RECORDS}")
+            return False
+        if _is_record(others) or _is_bridge_event(others):
+            self.records_read += 1
+            yield from _records_of(others)
+            return True
+        raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
+
+    def _sequence(self, stream: JsonStream) -> Iterator[Any]:
+        """The records of the values after a first record, each a record or an EventBridge event
+        (JSON lines, Firehose's objects with nothing between them, an exported log group's
+        lines), _PARSED_TOGETHER at a time with the collector paused; what stops the parse is
+        raised after the values parsed before it."""
+        more = True
+        while more:
+            batch: list[Any] = []
+            failure: Exception | None = None
+            with collector_paused():
+                try:
+                    more = stream.add_values(batch, _PARSED_TOGETHER)
+                except Exception as exc:
+                    failure = exc
+            self.records_read += len(batch)
+            for value in batch:
+                yield from _records_of(value)
+            if failure is not None:
+                raise failure
+
+    def _carried(self, stream: JsonStream, field: str, first_line: int) -> Iterator[Any]:
+        """The records the entries of the array `stream` entered carry as text in their `field`
+        (lookup-events' CloudTrailEvent, filter-log-events' message), as they come. An array
+        whose first entry has no such field is no such output: LogFileProblem, not records of
+        other services skipped by the thousand."""
+        first = True
+        for batch in self._batches(stream):
+            if first and batch:
+                first = False
+                if not (isinstance(batch[0], dict) and field in batch[0]):
+                    raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
+            yield from (_carried_record(entry, field) for entry in batch)
 
     def _text(self) -> Iterator[str]:
         """Its text, a piece at a time: gunzipped when it starts as gzip does, without the byte
@@ -253,9 +327,14 @@ class LogFile:
             yield decoder.decode(b"", final=True)
 
     def _records(self, stream: JsonStream) -> Iterator[Any]:
-        """The items of the "Records" array `stream` entered, parsed at least _PARSED_TOGETHER at a
-        time with the collector paused (collector_paused); what stops the parse is raised after the
-        items parsed before it."""
+        """The items of the "Records" array `stream` entered, as they are parsed (`_batches`)."""
+        for batch in self._batches(stream):
+            yield from (as_caller_copy(record) if isinstance(record, dict) else record for record in batch)
+
+    def _batches(self, stream: JsonStream) -> Iterator[list[Any]]:
+        """The items of the array `stream` entered, parsed at least _PARSED_TOGETHER at a time with
+        the collector paused (collector_paused); what stops the parse is raised after the items
+        parsed before it."""
         more = True
         while more:
             batch: list[Any] = []
@@ -266,12 +345,89 @@ class LogFile:
                 except Exception as exc:
                     failure = exc
             self.records_read += len(batch)
-            yield from (as_caller_copy(record) if isinstance(record, dict) else record for record in batch)
+            yield batch
             if failure is not None:
                 raise failure
 
 
-_NO_RECORDS = 'not a CloudTrail log file (no "Records" array)'
+#: What a file that holds no CloudTrail records is told, with the shapes it could have had.
+_NO_RECORDS = ('not a CloudTrail log file: expected {"Records": [...]}, lookup-events or filter-log-events '
+               "output, or records or EventBridge events one per line")
+#: The arrays whose entries carry a record as a JSON string, and the field that holds it:
+#: `aws cloudtrail lookup-events` (LookupEvents) and `aws logs filter-log-events` or
+#: `get-log-events` over the log group a trail sends its events to (each event's message is one
+#: record).
+_CARRIERS = {"Events": "CloudTrailEvent", "events": "message"}
+#: EventBridge's detail-types whose detail is a CloudTrail record (AWS API Call, AWS Service
+#: Event, AWS Console Sign In ... via CloudTrail); KMS's own events (KMS CMK Rotation, …) are not.
+_VIA_CLOUDTRAIL = " via CloudTrail"
+
+
+def _is_record(value: dict[str, Any]) -> bool:
+    """Whether a document is a CloudTrail record itself (every record names its eventVersion and
+    eventID; a record keytrail cannot read is then reported as such, not the file refused)."""
+    return "eventVersion" in value or ("eventID" in value and "eventTime" in value)
+
+
+def _is_bridge_event(value: dict[str, Any]) -> bool:
+    """Whether a document is an EventBridge event (its envelope's fields)."""
+    return "detail-type" in value and "detail" in value and "source" in value
+
+
+def _records_of(value: Any) -> list[Any]:
+    """The records one value of a sequence holds: a record itself; an EventBridge event's detail
+    when it is a CloudTrail record, else the event (no eventSource: skipped as another service's);
+    a log file's Records when `cat` put one among them; anything else as it is (a value that is no
+    object is then reported by its index)."""
+    if not isinstance(value, dict):
+        return [value]
+    if _is_bridge_event(value):
+        detail_type = value.get("detail-type")
+        if isinstance(detail_type, str) and detail_type.endswith(_VIA_CLOUDTRAIL):
+            detail = value["detail"]
+            return [as_caller_copy(detail) if isinstance(detail, dict) else detail]
+        return [value]
+    records = value.get("Records")
+    if isinstance(records, list) and not _is_record(value):
+        return [as_caller_copy(r) if isinstance(r, dict) else r for r in records]
+    return [as_caller_copy(value)]
+
+
+def _stamps_blanked(pieces: Iterator[str]) -> Iterator[str]:
+    """The text of `pieces`, in which, when the text begins as a CloudWatch Logs export's lines do
+    (`<ISO time> <message>`: CreateExportTask writes each log event so), every line's time is
+    blanked out (spaces, so that json's lines and columns stay the file's): what is left is the
+    messages, a trail's records, one per line. Any other text is handed on as it is."""
+    pieces = iter(pieces)
+    head = ""
+    while len(head) < _STAMP_ROOM and (piece := next(pieces, None)) is not None:
+        head += piece
+    if not _STAMP.match("\n" + head[:_STAMP_ROOM]):  # the file's start is a line's
+        if head:
+            yield head
+        yield from pieces
+        return
+    held, before = head, "\n"
+    for piece in itertools.chain(pieces, [""]):
+        text = held + piece
+        line_start = text.rfind("\n") + 1
+        # a time at the last line's start may go on in the next piece: held back with it
+        cut = line_start if piece and len(text) - line_start < _STAMP_ROOM else len(text)
+        done = _STAMP.sub(_blanks, before + text[:cut])[1:]
+        held = text[cut:]
+        if done:
+            before = done[-1]
+            yield done
+
+
+#: A time as an exported log group's lines begin with it, after the newline before the line (a
+#: literal first: the scan for it is a search for newlines, where a lookbehind tries every place).
+_STAMP = re.compile(r"\n\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d) ")
+_STAMP_ROOM = 64  # more than the longest such time and its blank
+
+
+def _blanks(match: re.Match[str]) -> str:
+    return "\n" + " " * (len(match.group()) - 1)
 
 
 def _pieces(reader: io.BufferedIOBase) -> Iterator[bytes]:
@@ -302,24 +458,18 @@ def _pieces(reader: io.BufferedIOBase) -> Iterator[bytes]:
 _PARSED_TOGETHER = 512
 
 
-def is_lookup_output(document: Any) -> bool:
-    """Whether a parsed file is what `aws cloudtrail lookup-events` (LookupEvents: the 90 days of
-    event history, no trail needed) prints: `{"Events": [{"EventId", …, "CloudTrailEvent": "<the
-    record as a JSON string>"}]}`, its records the same as a trail's log files hold."""
-    events = document.get("Events") if isinstance(document, dict) else None
-    return isinstance(events, list) and all(isinstance(e, dict) and "CloudTrailEvent" in e for e in events)
-
-
-def _lookup_record(event: dict[str, Any]) -> Any:
-    """The CloudTrail record a LookupEvents entry carries as text; what it carries otherwise (not
-    a string, not JSON) as it is, which the reader then reports as no JSON object, by its index."""
-    text = event["CloudTrailEvent"]
+def _carried_record(entry: Any, field: str) -> Any:
+    """The CloudTrail record an entry (of lookup-events or filter-log-events output) carries as
+    text in `field`; what it carries otherwise (not a string, not JSON), or an entry without it,
+    as it is, which the reader then reports as no JSON object (or no record), by its index."""
+    text = entry.get(field) if isinstance(entry, dict) else None
     if not isinstance(text, str):
         return text
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        record = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError):  # JSONDecodeError, NaN, an integer past 4,300 digits
         return text
+    return as_caller_copy(record) if isinstance(record, dict) else record
 
 
 @contextmanager

@@ -1,6 +1,8 @@
 """One JSON document read a piece of text at a time: the members of its top-level object parsed one
 by one, and the items of an array among them one by one as their text arrives, so that a document
-of any length is read holding one value (and one piece of text) at a time.
+of any length is read holding one value (and one piece of text) at a time. A text holding several
+top-level values (JSON lines, concatenated documents) is read a value at a time too (`more`,
+`add_values`).
 
 Each value is parsed by Python's json (`JSONDecoder.raw_decode`, its C scanner), so values, numbers
 and error messages are json's own; a syntax error names its line in the whole document.
@@ -70,7 +72,9 @@ class JsonStream:
 
     def begin_object(self) -> bool:
         """Enter the top-level object; False (nothing consumed) when the document is another value."""
-        return self._take("{")
+        entered = self._take("{")
+        self._members_seen = False  # a document after another (`more`) starts afresh
+        return entered
 
     def next_key(self) -> str | None:
         """The next member's key in the object entered (its ':' consumed); None at its end."""
@@ -116,6 +120,22 @@ class JsonStream:
                 return False
             items.append(item)
         return True
+
+    def add_values(self, values: list[Any], up_to: int) -> bool:
+        """Add the next top-level values of a document that is a sequence of them (JSON lines, or
+        objects one after another with nothing between, as Firehose writes them) to `values`,
+        until it holds `up_to`; False once the text has ended. Each is parsed whole (one value at
+        a time is held, as `value`); what stops the parse is raised with those before it added."""
+        while len(values) < up_to:
+            if not self.more():
+                return False
+            values.append(self.value())
+        return True
+
+    def more(self) -> bool:
+        """Whether anything but whitespace follows what was read: another top-level value, or
+        text that is none (which `value` then says)."""
+        return self._peek() != ""
 
     def _parse_held(self, items: list[Any], limit: int) -> None:
         text, pos, scan = self._text, self._pos, self._scan

@@ -150,7 +150,8 @@ def test_every_path_names_a_file_it_cannot_read_alike(tmp_path: Path) -> None:
     skipped = [f"skipped: {cut}: line 1: cannot read further: Compressed file ended before the end-of-stream marker "
                "was reached",
                f"skipped: {plain}: line 1: not valid JSON (Expecting value at column 1)",
-               f"skipped: {not_a_list}: line 1: not a CloudTrail log file (no \"Records\" array)"]
+               f"skipped: {not_a_list}: line 1: not a CloudTrail log file: expected {{\"Records\": [...]}}, "
+               "lookup-events or filter-log-events output, or records or EventBridge events one per line"]
 
     imported = _keytrail("audit", "import", "--data-dir", tmp_path / "node", logs)
     assert imported.returncode == 1 and _skipped(imported.stderr) == skipped

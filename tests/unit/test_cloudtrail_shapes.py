@@ -1,0 +1,206 @@
+"""CloudTrail records kept in the other shapes AWS and its tools write them in (an exported log
+group, filter-log-events output, EventBridge events through Firehose, JSON lines, log files put one
+after another) are read as a trail's log files are: the same records, told apart by content, a
+record at a time. A file in none of them is refused in one line naming the shapes expected."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keytrail.transport import cloudtrail_logs
+from keytrail.transport.cloudtrail_logs import ReadReport, iter_cloudtrail_records, iter_log_files
+
+EXAMPLES = Path(__file__).parent / "audit" / "data" / "aws_documented_examples.json"
+ACCOUNT = "111122223333"
+#: What every reader says of a file holding no CloudTrail records, after its name and line.
+NOT_CLOUDTRAIL = ('not a CloudTrail log file: expected {"Records": [...]}, lookup-events or filter-log-events '
+                  "output, or records or EventBridge events one per line")
+
+
+def _examples() -> list[dict[str, Any]]:
+    """AWS's documented records: nine of KMS, one of S3 (skipped by every reader)."""
+    return json.loads(EXAMPLES.read_text())["Records"]
+
+
+def _kms(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r["eventSource"] == "kms.amazonaws.com"]
+
+
+def _bridge_event(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as EventBridge delivers it (`aws.kms` for KMS's, the record under "detail")."""
+    kind = "AWS Service Event" if record.get("eventType") == "AwsServiceEvent" else "AWS API Call"
+    return {"version": "0", "id": f"bridge-{record['eventID']}", "detail-type": f"{kind} via CloudTrail",
+            "source": "aws." + record["eventSource"].split(".")[0], "account": ACCOUNT,
+            "time": record["eventTime"], "region": record.get("awsRegion", "us-east-1"), "resources": [],
+            "detail": record}
+
+
+#: One of KMS's own EventBridge events: no CloudTrail record, so skipped as the S3 record is.
+ROTATION = {"version": "0", "id": "rotation-1", "detail-type": "KMS CMK Rotation", "source": "aws.kms",
+            "account": ACCOUNT, "time": "2026-11-28T09:00:00Z", "region": "us-east-1",
+            "resources": [f"arn:aws:kms:us-east-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"],
+            "detail": {"key-id": "1234abcd-12ab-34cd-56ef-1234567890ab"}}
+
+
+def _exported_line(record: dict[str, Any]) -> str:
+    """A line of a log group exported to S3 (CreateExportTask): the event's time, a blank, its message."""
+    return f"{record['eventTime'][:19]}.000Z {json.dumps(record)}\n"
+
+
+def _shapes(root: Path) -> dict[str, tuple[Path, int]]:
+    """Each shape's file (or folder) holding AWS's documented records, and how many records of other
+    services (or events that carry none) it holds."""
+    records = _examples()
+    shapes: dict[str, tuple[Path, int]] = {}
+
+    org = root / "org" / "AWSLogs" / "o-aa111bb222" / ACCOUNT / "CloudTrail" / "eu-west-1" / "2026" / "11" / "28"
+    org.mkdir(parents=True)
+    (org / f"{ACCOUNT}_CloudTrail_eu-west-1_20261128T0905Z_Ab12Cd34Ef56Gh78.json.gz").write_bytes(
+        gzip.compress(json.dumps({"Records": records}).encode()))
+    shapes["organization trail bucket"] = (root / "org", 1)
+
+    zcat = root / "all.json"  # `zcat *.json.gz > all.json`: one log file after another
+    zcat.write_text(json.dumps({"Records": records[:4]}) + json.dumps({"Records": records[4:]}))
+    shapes["log files one after another"] = (zcat, 1)
+
+    export = root / "export" / "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0" / f"{ACCOUNT}_CloudTrail_us-east-1"
+    export.mkdir(parents=True)
+    (export / "000000.gz").write_bytes(gzip.compress("".join(map(_exported_line, records)).encode()))
+    (root / "export" / "aws-logs-write-test").write_text("Permission Check Successful")  # left by the export
+    shapes["CloudWatch Logs export"] = (root / "export", 1)
+
+    filtered = root / "filtered.json"  # aws logs filter-log-events --log-group-name CloudTrail/… > filtered.json
+    filtered.write_text(json.dumps({"events": [
+        {"logStreamName": f"{ACCOUNT}_CloudTrail_us-east-1", "timestamp": 1764320700000 + i,
+         "message": json.dumps(r), "ingestionTime": 1764320760000 + i, "eventId": f"3{i:055d}"}
+        for i, r in enumerate(records)], "searchedLogStreams": []}, indent=4))
+    shapes["filter-log-events output"] = (filtered, 1)
+
+    firehose = root / "firehose" / "2026" / "11" / "28" / "09"  # objects of a delivery stream: no newline between
+    firehose.mkdir(parents=True)
+    name = "kms-calls-1-2026-11-28-09-05-13-8c7f9d1e-2b3a-4c5d-9e8f-a1b2c3d4e5f6"
+    (firehose / f"{name}.gz").write_bytes(gzip.compress(
+        "".join(json.dumps(e) for e in [*map(_bridge_event, records[:5]), ROTATION]).encode()))
+    (firehose / name.replace("-05-", "-10-")).write_text("".join(json.dumps(_bridge_event(r)) for r in records[5:]))
+    shapes["EventBridge events through Firehose"] = (root / "firehose", 2)
+
+    lines = root / "lines"  # `jq -c '.Records[]'`, an Athena or a SIEM export
+    lines.mkdir()
+    (lines / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    shapes["JSON lines of records"] = (lines, 1)
+    return shapes
+
+
+SHAPES = ["organization trail bucket", "log files one after another", "CloudWatch Logs export",
+          "filter-log-events output", "EventBridge events through Firehose", "JSON lines of records"]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_each_shape_gives_the_records_a_trails_log_files_give(tmp_path: Path, shape: str) -> None:
+    path, others = _shapes(tmp_path)[shape]
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([path], report=report)) == _kms(_examples())
+    assert (report.problems, report.records, report.skipped) == ([], 9, others)
+
+
+def test_a_folder_of_every_shape_lists_their_files_and_nothing_else_beside_them(tmp_path: Path) -> None:
+    shapes = _shapes(tmp_path)
+    (tmp_path / "export" / "vpc-flow.log.gz").write_bytes(gzip.compress(b"2 123 eni-1 ACCEPT OK"))
+    found = [p.relative_to(tmp_path).parts[0] for p in iter_log_files([tmp_path])]
+    assert sorted(found) == sorted(["org", "all.json", "export", "filtered.json", "firehose", "firehose", "lines"])
+    report = ReadReport()
+    assert len(list(iter_cloudtrail_records([tmp_path], report=report))) == 9 * len(shapes)
+    assert report.problems == []
+
+
+def test_a_file_of_no_shape_is_refused_in_one_line_naming_the_shapes_expected(tmp_path: Path) -> None:
+    alarms = tmp_path / "alarms.jsonl"  # JSON lines, but no CloudTrail record among them
+    alarms.write_text('{"alarmId": "a-1", "rule": "unused-key"}\n{"alarmId": "a-2", "rule": "unused-key"}\n')
+    other_events = tmp_path / "other.json"  # an "Events" array that is no lookup-events output
+    other_events.write_text(json.dumps({"Events": [{"EventId": "1", "Name": "deploy"}] * 3}))
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps(_examples()))
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([alarms, other_events, array, EXAMPLES], report=report)) == _kms(_examples())
+    assert report.problems == [f"{alarms}: line 1: {NOT_CLOUDTRAIL}", f"{other_events}: line 1: {NOT_CLOUDTRAIL}",
+                               f"{array}: line 1: {NOT_CLOUDTRAIL}"]
+
+
+def test_the_records_before_a_damaged_line_are_read_and_the_line_named(tmp_path: Path) -> None:
+    kms = _kms(_examples())
+    lines = tmp_path / "events.jsonl.gz"
+    text = "".join(json.dumps(_bridge_event(r)) + "\n" for r in kms[:3]) + '{"version": "0", "detail-type": oops}\n'
+    text += json.dumps(_bridge_event(kms[3])) + "\n"
+    lines.write_bytes(gzip.compress(text.encode()))
+    exported = tmp_path / "000000.gz"
+    exported_text = "".join(map(_exported_line, kms[:2])) + "2026-11-28T09:00:00.000Z oops\n"
+    exported.write_bytes(gzip.compress((exported_text + _exported_line(kms[2])).encode()))
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([lines, exported], report=report)) == kms[:3] + kms[:2]
+    # the exported line's time is blanked, not cut: json's column is the file's
+    assert report.problems == [f"{lines}: line 4: not valid JSON (Expecting value at column 33)",
+                               f"{exported}: line 3: not valid JSON (Expecting value at column 26)"]
+    assert (report.files, report.partly_read, report.records) == (0, 2, 5)
+
+
+@pytest.mark.parametrize("shape", ["lookup-events", "filter-log-events", "JSON lines", "EventBridge", "export"])
+def test_every_shape_is_read_as_its_records_are_asked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: str) -> None:
+    """A piece of the text and a batch of records are held, not the file (lookup-events output was
+    read whole): what is written over the file's tail after its first records were read is what
+    the reader then reads."""
+    monkeypatch.setattr(cloudtrail_logs, "_READ_CHUNK", 256)
+    monkeypatch.setattr(cloudtrail_logs, "_PARSED_TOGETHER", 2)
+    kms = _kms(_examples())
+    texts = {
+        "lookup-events": lambda: json.dumps({"Events": [{"EventId": r["eventID"], "CloudTrailEvent": json.dumps(r)}
+                                                        for r in kms]}, indent=1),
+        "filter-log-events": lambda: json.dumps({"events": [{"message": json.dumps(r)} for r in kms]}, indent=1),
+        "JSON lines": lambda: "".join(json.dumps(r) + "\n" for r in kms),
+        "EventBridge": lambda: "".join(json.dumps(_bridge_event(r)) for r in kms),
+        "export": lambda: "".join(map(_exported_line, kms)),
+    }
+    path = tmp_path / "records.json"
+    path.write_text(texts[shape]())
+    records = cloudtrail_logs.LogFile(path).records()
+    assert next(records)["eventID"] == kms[0]["eventID"]
+    with path.open("r+b") as file:
+        file.seek(-100, os.SEEK_END)
+        file.write(b"!" * 100)
+    with pytest.raises(cloudtrail_logs.LogFileProblem, match="not valid JSON"):
+        list(records)
+
+
+def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keytrail", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_import_report_consume_and_detect_read_every_shape_alike(tmp_path: Path) -> None:
+    """A folder of every shape (each holding the nine KMS records) through the real commands: each
+    reads all six files' 54 records, keeps nine calls, and names no problem."""
+    shapes = tmp_path / "shapes"
+    shapes.mkdir()
+    _shapes(shapes)
+
+    imported = _keytrail("audit", "import", "--data-dir", tmp_path / "node", shapes)
+    assert (imported.returncode, imported.stderr) == (0, "")
+    assert imported.stdout == ("imported 9 KMS records from 7 files; skipped 7 records of other services and 45 "
+                               "already in the event log; 0 problems\n")
+    consumed = _keytrail("consume", "--data-dir", tmp_path / "consumed", "--cloudtrail", shapes)
+    assert consumed.returncode == 0
+    assert "consumed 54 records: 9 counted, 45 duplicates, 0 already counted\n" in consumed.stderr
+    report = _keytrail("report", "--cloudtrail", shapes, "--out", tmp_path / "report.json", "--no-progress")
+    assert report.returncode == 0 and "skipped:" not in report.stderr
+    assert f"wrote {tmp_path / 'report.json'} (json: 9 events, 4 keys, 0 alarms)" in report.stderr
+    detected = _keytrail("detect", "--cloudtrail", shapes, "--format", "json")
+    assert detected.returncode == 0 and "skipped:" not in detected.stderr
+    assert {json.loads(line)["rule"] for line in detected.stdout.splitlines()} == {"unused-key"}
