@@ -332,8 +332,11 @@ def _stored_hashes(paths: IntegrityPaths, reach: int) -> tuple[_Stored, list[str
             start = hash_store_start(stored.fileno())
             reach = max(reach, start.base)
             limit = start.position(reach + SPARE_HASHES)
+            size = os.fstat(stored.fileno()).st_size
             stored.seek(start.header)
-            data, size = stored.read(limit - start.header), os.fstat(stored.fileno()).st_size
+            # No more than the file holds: `reach` may come from a digest whoever holds the signing
+            # key signed (an endOffset of 2**63 was an OverflowError, 10**12 a MemoryError).
+            data = stored.read(max(0, min(limit, size) - start.header))
     except FileNotFoundError:
         return _Stored(0, []), []
     hashes = [data[i:i + HASH_SIZE] for i in range(0, len(data) - HASH_SIZE + 1, HASH_SIZE)]

@@ -992,6 +992,20 @@ def test_a_digest_signed_with_the_data_dirs_key_but_malformed_is_a_problem_not_a
                for p in problems), problems
 
 
+@pytest.mark.parametrize("end", [2**63, 10**12])
+def test_a_digest_signed_with_the_data_dirs_key_reaching_past_any_log_is_a_problem_not_a_crash(
+        data_dir: Path, end: int) -> None:
+    # Its endOffset set how much of hashes.bin verify read: 2**63 was an OverflowError, 10**12 a
+    # MemoryError, each a traceback of `keytrail audit verify`.
+    _, paths = audit_paths(data_dir)
+    newest = sorted(paths.digests.glob("*.json"))[-1]
+    body = {k: v for k, v in json.loads(newest.read_bytes()).items() if k != "signature"} | {"endOffset": end}
+    newest.write_bytes(canonical({**body, "signature": signing_key(paths).sign(canonical(body)).hex()}))
+    problems = verify(data_dir)
+    assert any(p.startswith(f"digest {newest.name}: covers offsets ") and f"..{end - 1} but " in p
+               for p in problems), problems
+
+
 def test_a_hash_store_grown_far_past_the_log_is_named_in_one_line_and_not_read_whole(data_dir: Path) -> None:
     # A sparse hashes.bin takes a few bytes on disk; read whole, 3 GiB of it took verify 14 GB of
     # memory and named one zero hash "missing" among a hundred million.
