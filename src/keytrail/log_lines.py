@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["BARE_FORMAT", "LOG_FORMAT", "THINNED_LOGGERS", "LineThinner", "RepeatedDriverLineFilter",
+__all__ = ["BARE_FORMAT", "LOG_FORMAT", "THINNED_LOGGERS", "LineThinner", "RepeatedDriverLineFilter", "UtcFormatter",
            "log_to_stderr", "retention_gap"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # serve and its children
@@ -27,10 +27,26 @@ THINNED_LOGGERS = ("aiokafka", "asyncpg")  # and their modules' loggers (aiokafk
 _MOST_REMEMBERED = 256  # distinct lines; more is not an outage repeating itself but varied text
 
 
+class UtcFormatter(logging.Formatter):
+    """Lines stamped in UTC and marked so (`2026-12-07T19:46:26.858Z`), as every time they name and
+    the trail's eventTime are: stamped in the machine's zone with nothing saying which
+    (TZ=Asia/Kolkata: `2026-12-08 01:26:02,413` on a line about a call of 19:56Z), they read
+    5.5 h off the trail, and an hour of them came twice at a daylight-saving change."""
+
+    @staticmethod
+    def converter(seconds: float | None = None) -> time.struct_time:
+        return time.gmtime(seconds)
+
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
+
+
 def log_to_stderr(fmt: str = LOG_FORMAT) -> None:
-    """Warnings and errors to stderr in `fmt` (unless logging is set up already), each repeated
-    driver line thinned to one a minute (RepeatedDriverLineFilter)."""
-    logging.basicConfig(level=logging.WARNING, format=fmt)
+    """Warnings and errors to stderr in `fmt`, stamped in UTC (unless logging is set up already),
+    each repeated driver line thinned to one a minute (RepeatedDriverLineFilter)."""
+    stream = logging.StreamHandler()
+    stream.setFormatter(UtcFormatter(fmt))
+    logging.basicConfig(level=logging.WARNING, handlers=[stream])
     for handler in logging.getLogger().handlers:
         RepeatedDriverLineFilter.attach(handler)
 
