@@ -11,9 +11,11 @@ import io
 import itertools
 import os
 import sys
+from typing import Annotated
 
 import typer
 
+from keytrail import __version__
 from keytrail.cli.commands import GROUPS, LazyGroup
 
 __all__ = ["app", "main"]
@@ -29,8 +31,19 @@ app = typer.Typer(
 )
 
 
+def _show_version(asked: bool) -> None:
+    """`keytrail --version`: the version of the keytrail running, the one its package metadata
+    (`pip show keytrail`), /_keytrail/health and the HTML report name; no command module loads."""
+    if asked:
+        sys.stdout.write(f"keytrail {__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, expose_value=False, callback=_show_version,
+                                          help="Show the version and exit.")] = False,
+) -> None:
     """keytrail: a self-hosted AWS KMS-compatible key service with a trustworthy audit trail."""
 
 

@@ -36,7 +36,7 @@ def _modules_loaded_by(*args: str) -> set[str]:
     return set(json.loads(result.stderr.splitlines()[-1]))
 
 
-@pytest.mark.parametrize("args", [["--help"], [], ["no-such-command"]])
+@pytest.mark.parametrize("args", [["--help"], [], ["no-such-command"], ["--version"]])
 def test_listing_the_commands_imports_none_of_their_modules(args: list[str]) -> None:
     loaded = _modules_loaded_by(*args)
     assert "typer" in loaded and "keytrail.cli.commands" in loaded  # the run got as far as the listing
