@@ -92,6 +92,29 @@ def _shapes(root: Path) -> dict[str, tuple[Path, int]]:
     (firehose / name.replace("-05-", "-10-")).write_text("".join(json.dumps(_bridge_event(r)) for r in records[5:]))
     shapes["EventBridge events through Firehose"] = (root / "firehose", 2)
 
+    subscription = root / "subscription" / "2026" / "11" / "28" / "09"  # log group → subscription → Firehose
+    subscription.mkdir(parents=True)
+    control = {"messageType": "CONTROL_MESSAGE", "owner": "CloudwatchLogs", "logGroup": "", "logStream": "",
+               "subscriptionFilters": [], "logEvents": [
+                   {"id": "", "timestamp": 1764320700000,
+                    "message": "CWL CONTROL MESSAGE: Checking health of destination Firehose."}]}
+    payloads = [control] + [{"messageType": "DATA_MESSAGE", "owner": ACCOUNT, "logGroup": "aws-cloudtrail-logs",
+                             "logStream": f"{ACCOUNT}_CloudTrail_us-east-1", "subscriptionFilters": ["to-firehose"],
+                             "logEvents": [{"id": f"{i}{j}", "timestamp": 1764320700000, "message": json.dumps(r)}
+                                           for j, r in enumerate(part)]}
+                            for i, part in enumerate((records[:3], records[3:]))]
+    # each payload gzipped by CloudWatch Logs, the members one after another as Firehose writes them
+    (subscription / "to-s3-1-2026-11-28-09-05-13-0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f").write_bytes(
+        b"".join(gzip.compress(json.dumps(p).encode()) for p in payloads))
+    shapes["CloudWatch Logs subscription through Firehose"] = (root / "subscription", 1)
+
+    listed = root / "listed"
+    listed.mkdir()
+    (listed / "1-records.json").write_text(json.dumps(records[:5], indent=2))  # jq '.Records'
+    # aws cloudtrail lookup-events --query 'Events[].CloudTrailEvent'
+    (listed / "2-history.json").write_text(json.dumps([json.dumps(r) for r in records[5:]], indent=2))
+    shapes["arrays of records"] = (listed, 1)
+
     lines = root / "lines"  # `jq -c '.Records[]'`, an Athena or a SIEM export
     lines.mkdir()
     (lines / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -100,7 +123,8 @@ def _shapes(root: Path) -> dict[str, tuple[Path, int]]:
 
 
 SHAPES = ["organization trail bucket", "log files one after another", "CloudWatch Logs export",
-          "filter-log-events output", "EventBridge events through Firehose", "JSON lines of records"]
+          "filter-log-events output", "EventBridge events through Firehose",
+          "CloudWatch Logs subscription through Firehose", "arrays of records", "JSON lines of records"]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -115,7 +139,8 @@ def test_a_folder_of_every_shape_lists_their_files_and_nothing_else_beside_them(
     shapes = _shapes(tmp_path)
     (tmp_path / "export" / "vpc-flow.log.gz").write_bytes(gzip.compress(b"2 123 eni-1 ACCEPT OK"))
     found = [p.relative_to(tmp_path).parts[0] for p in iter_log_files([tmp_path])]
-    assert sorted(found) == sorted(["org", "all.json", "export", "filtered.json", "firehose", "firehose", "lines"])
+    assert sorted(found) == sorted(["org", "all.json", "export", "filtered.json", "firehose", "firehose",
+                                    "subscription", "listed", "listed", "lines"])
     report = ReadReport()
     assert len(list(iter_cloudtrail_records([tmp_path], report=report))) == 9 * len(shapes)
     assert report.problems == []
@@ -126,8 +151,8 @@ def test_a_file_of_no_shape_is_refused_in_one_line_naming_the_shapes_expected(tm
     alarms.write_text('{"alarmId": "a-1", "rule": "unused-key"}\n{"alarmId": "a-2", "rule": "unused-key"}\n')
     other_events = tmp_path / "other.json"  # an "Events" array that is no lookup-events output
     other_events.write_text(json.dumps({"Events": [{"EventId": "1", "Name": "deploy"}] * 3}))
-    array = tmp_path / "array.json"
-    array.write_text(json.dumps(_examples()))
+    array = tmp_path / "array.json"  # an array, but of no records
+    array.write_text(json.dumps([{"name": "deploy", "at": "2026-11-28T09:00:00Z"}] * 3))
     report = ReadReport()
     assert list(iter_cloudtrail_records([alarms, other_events, array, EXAMPLES], report=report)) == _kms(_examples())
     assert report.problems == [f"{alarms}: line 1: {NOT_CLOUDTRAIL}", f"{other_events}: line 1: {NOT_CLOUDTRAIL}",
@@ -186,18 +211,18 @@ def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def test_import_report_consume_and_detect_read_every_shape_alike(tmp_path: Path) -> None:
     """A folder of every shape (each holding the nine KMS records) through the real commands: each
-    reads all six files' 54 records, keeps nine calls, and names no problem."""
+    reads all eight shapes' 72 records, keeps nine calls, and names no problem."""
     shapes = tmp_path / "shapes"
     shapes.mkdir()
     _shapes(shapes)
 
     imported = _keytrail("audit", "import", "--data-dir", tmp_path / "node", shapes)
     assert (imported.returncode, imported.stderr) == (0, "")
-    assert imported.stdout == ("imported 9 KMS records from 7 files; skipped 7 records of other services and 45 "
+    assert imported.stdout == ("imported 9 KMS records from 10 files; skipped 9 records of other services and 63 "
                                "already in the event log; 0 problems\n")
     consumed = _keytrail("consume", "--data-dir", tmp_path / "consumed", "--cloudtrail", shapes)
     assert consumed.returncode == 0
-    assert "consumed 54 records: 9 counted, 45 duplicates, 0 already counted\n" in consumed.stderr
+    assert "consumed 72 records: 9 counted, 63 duplicates, 0 already counted\n" in consumed.stderr
     report = _keytrail("report", "--cloudtrail", shapes, "--out", tmp_path / "report.json", "--no-progress")
     assert report.returncode == 0 and "skipped:" not in report.stderr
     assert f"wrote {tmp_path / 'report.json'} (json: 9 events, 4 keys, 0 alarms)" in report.stderr

@@ -246,6 +246,9 @@ class LogFile:
         a word."""
         first_line = stream.line()
         if not stream.begin_object():
+            if stream.begin_array():  # `jq '.Records'`, `lookup-events --query 'Events[].CloudTrailEvent'`
+                yield from self._listed(stream, first_line)
+                return False
             stream.value()  # JSON that is no object: its syntax errors said as such
             stream.end()
             raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
@@ -260,13 +263,13 @@ class LogFile:
             if key == "Records" and stream.begin_array():
                 streamed = True
                 yield from self._records(stream)
-            elif key in _CARRIERS and stream.begin_array():
+            elif key in _CARRIERS and not _is_control_message(others) and stream.begin_array():
                 streamed = True
                 yield from self._carried(stream, _CARRIERS[key], first_line)
             else:
                 with collector_paused():
                     others[key] = stream.value()
-        if streamed:
+        if streamed or _is_control_message(others):
             return False
         if is_digest(others):
             self.is_digest = True
@@ -296,6 +299,19 @@ class LogFile:
                 yield from _records_of(value)
             if failure is not None:
                 raise failure
+
+    def _listed(self, stream: JsonStream, first_line: int) -> Iterator[Any]:
+        """The records of a document that is an array of them (bare, as EventBridge events, or as
+        JSON strings), as they come. An array whose first item is none of them is LogFileProblem."""
+        first = True
+        for batch in self._batches(stream):
+            if first and batch:
+                first = False
+                head = _record_of_text(batch[0]) if isinstance(batch[0], str) else batch[0]
+                if not (isinstance(head, dict) and (_is_record(head) or _is_bridge_event(head))):
+                    raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
+            for item in batch:
+                yield from _records_of(_record_of_text(item) if isinstance(item, str) else item)
 
     def _carried(self, stream: JsonStream, field: str, first_line: int) -> Iterator[Any]:
         """The records the entries of the array `stream` entered carry as text in their `field`
@@ -354,13 +370,20 @@ class LogFile:
 _NO_RECORDS = ('not a CloudTrail log file: expected {"Records": [...]}, lookup-events or filter-log-events '
                "output, or records or EventBridge events one per line")
 #: The arrays whose entries carry a record as a JSON string, and the field that holds it:
-#: `aws cloudtrail lookup-events` (LookupEvents) and `aws logs filter-log-events` or
+#: `aws cloudtrail lookup-events` (LookupEvents), `aws logs filter-log-events` or
 #: `get-log-events` over the log group a trail sends its events to (each event's message is one
-#: record).
-_CARRIERS = {"Events": "CloudTrailEvent", "events": "message"}
+#: record), and that log group's subscription filter's payloads (`{"messageType": "DATA_MESSAGE",
+#: …, "logEvents": [{"message": …}]}`, one gzip member each in what Firehose delivers to S3).
+_CARRIERS = {"Events": "CloudTrailEvent", "events": "message", "logEvents": "message"}
 #: EventBridge's detail-types whose detail is a CloudTrail record (AWS API Call, AWS Service
 #: Event, AWS Console Sign In ... via CloudTrail); KMS's own events (KMS CMK Rotation, …) are not.
 _VIA_CLOUDTRAIL = " via CloudTrail"
+
+
+def _is_control_message(value: dict[str, Any]) -> bool:
+    """Whether a subscription filter's payload is the one CloudWatch Logs sends to check that its
+    destination is there: its logEvents hold a sentence each, no record."""
+    return value.get("messageType") == "CONTROL_MESSAGE"
 
 
 def _is_record(value: dict[str, Any]) -> bool:
@@ -465,11 +488,16 @@ def _carried_record(entry: Any, field: str) -> Any:
     text = entry.get(field) if isinstance(entry, dict) else None
     if not isinstance(text, str):
         return text
+    record = _record_of_text(text)
+    return as_caller_copy(record) if isinstance(record, dict) else record
+
+
+def _record_of_text(text: str) -> Any:
+    """The JSON value `text` holds; `text` itself when it holds none (reported by its index)."""
     try:
-        record = json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError):  # JSONDecodeError, NaN, an integer past 4,300 digits
         return text
-    return as_caller_copy(record) if isinstance(record, dict) else record
 
 
 @contextmanager
