@@ -106,7 +106,10 @@ def _shapes(root: Path) -> dict[str, tuple[Path, int]]:
     # each payload gzipped by CloudWatch Logs, the members one after another as Firehose writes them
     (subscription / "to-s3-1-2026-11-28-09-05-13-0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f").write_bytes(
         b"".join(gzip.compress(json.dumps(p).encode()) for p in payloads))
-    shapes["CloudWatch Logs subscription through Firehose"] = (root / "subscription", 1)
+    # Firehose's own compression on too: each object gzipped again (and read as the first)
+    (subscription / "to-s3-1-2026-11-28-09-10-13-1d0e9f8a-7b6c-5d4e-3f2a-1b0c9d8e7f6a.gz").write_bytes(
+        gzip.compress(b"".join(gzip.compress(json.dumps(p).encode()) for p in payloads)))
+    shapes["CloudWatch Logs subscription through Firehose"] = (root / "subscription", 2)
 
     listed = root / "listed"
     listed.mkdir()
@@ -130,9 +133,10 @@ SHAPES = ["organization trail bucket", "log files one after another", "CloudWatc
 @pytest.mark.parametrize("shape", SHAPES)
 def test_each_shape_gives_the_records_a_trails_log_files_give(tmp_path: Path, shape: str) -> None:
     path, others = _shapes(tmp_path)[shape]
+    copies = 2 if shape == "CloudWatch Logs subscription through Firehose" else 1  # gzipped once, and twice
     report = ReadReport()
-    assert list(iter_cloudtrail_records([path], report=report)) == _kms(_examples())
-    assert (report.problems, report.records, report.skipped) == ([], 9, others)
+    assert list(iter_cloudtrail_records([path], report=report)) == _kms(_examples()) * copies
+    assert (report.problems, report.records, report.skipped) == ([], 9 * copies, others)
 
 
 def test_a_folder_of_every_shape_lists_their_files_and_nothing_else_beside_them(tmp_path: Path) -> None:
@@ -140,9 +144,9 @@ def test_a_folder_of_every_shape_lists_their_files_and_nothing_else_beside_them(
     (tmp_path / "export" / "vpc-flow.log.gz").write_bytes(gzip.compress(b"2 123 eni-1 ACCEPT OK"))
     found = [p.relative_to(tmp_path).parts[0] for p in iter_log_files([tmp_path])]
     assert sorted(found) == sorted(["org", "all.json", "export", "filtered.json", "firehose", "firehose",
-                                    "subscription", "listed", "listed", "lines"])
+                                    "subscription", "subscription", "listed", "listed", "lines"])
     report = ReadReport()
-    assert len(list(iter_cloudtrail_records([tmp_path], report=report))) == 9 * len(shapes)
+    assert len(list(iter_cloudtrail_records([tmp_path], report=report))) == 9 * (len(shapes) + 1)
     assert report.problems == []
 
 
@@ -211,18 +215,19 @@ def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def test_import_report_consume_and_detect_read_every_shape_alike(tmp_path: Path) -> None:
     """A folder of every shape (each holding the nine KMS records) through the real commands: each
-    reads all eight shapes' 72 records, keeps nine calls, and names no problem."""
+    reads all eight shapes' 81 records (the subscription's twice: gzipped once, and twice), keeps
+    nine calls, and names no problem."""
     shapes = tmp_path / "shapes"
     shapes.mkdir()
     _shapes(shapes)
 
     imported = _keytrail("audit", "import", "--data-dir", tmp_path / "node", shapes)
     assert (imported.returncode, imported.stderr) == (0, "")
-    assert imported.stdout == ("imported 9 KMS records from 10 files; skipped 9 records of other services and 63 "
+    assert imported.stdout == ("imported 9 KMS records from 11 files; skipped 10 records of other services and 72 "
                                "already in the event log; 0 problems\n")
     consumed = _keytrail("consume", "--data-dir", tmp_path / "consumed", "--cloudtrail", shapes)
     assert consumed.returncode == 0
-    assert "consumed 72 records: 9 counted, 63 duplicates, 0 already counted\n" in consumed.stderr
+    assert "consumed 81 records: 9 counted, 72 duplicates, 0 already counted\n" in consumed.stderr
     report = _keytrail("report", "--cloudtrail", shapes, "--out", tmp_path / "report.json", "--no-progress")
     assert report.returncode == 0 and "skipped:" not in report.stderr
     assert f"wrote {tmp_path / 'report.json'} (json: 9 events, 4 keys, 0 alarms)" in report.stderr

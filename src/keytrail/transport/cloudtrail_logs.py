@@ -327,7 +327,8 @@ class LogFile:
             yield from (_carried_record(entry, field) for entry in batch)
 
     def _text(self) -> Iterator[str]:
-        """Its text, a piece at a time: gunzipped when it starts as gzip does, without the byte
+        """Its text, a piece at a time: gunzipped when it starts as gzip does (twice when what that
+        gives is gzip again), without the byte
         order mark an editor or PowerShell (`Out-File -Encoding utf8`) puts first (RFC 8259 §8.1
         lets a parser pass it over, Python's json refuses the whole file for it). Opened without
         blocking: a FIFO named as a log file would wait for a writer forever, and a device
@@ -335,8 +336,13 @@ class LogFile:
         with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
             if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
                 raise LogFileProblem(f"{self.path}: not a regular file")
-            self._gzipped = file.peek(2)[:2] == b"\x1f\x8b"
-            reader = gzip.GzipFile(fileobj=file) if self._gzipped else file
+            self._gzipped = file.peek(2)[:2] == _GZIP_MAGIC
+            reader: io.BufferedIOBase = file
+            if self._gzipped:
+                reader = gzip.GzipFile(fileobj=file)
+                # Firehose compressing again what CloudWatch Logs' subscription gzipped already
+                if reader.peek(2)[:2] == _GZIP_MAGIC:
+                    reader = gzip.GzipFile(fileobj=reader, mode="rb")  # its .mode is no text
             decoder = _Utf8(self.path)
             for data in _pieces(reader):
                 yield decoder.decode(data)
@@ -366,6 +372,7 @@ class LogFile:
                 raise failure
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
 #: What a file that holds no CloudTrail records is told, with the shapes it could have had.
 _NO_RECORDS = ('not a CloudTrail log file: expected {"Records": [...]}, lookup-events or filter-log-events '
                "output, or records or EventBridge events one per line")
