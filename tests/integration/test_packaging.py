@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "keytrail"
 #: What an sdist is made of here: the build's input, and no checkout baggage (.venv, tests, bench).
-SDIST_TOP = {"PKG-INFO", "pyproject.toml", "README.md", "setup.cfg", "src"}
+SDIST_TOP = {"PKG-INFO", "pyproject.toml", "README.md", "LICENSE", "setup.cfg", "src"}
 
 
 def _run(*args: str | Path, cwd: Path | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -117,6 +117,21 @@ def test_the_wheel_version_is_the_packages_version(wheel: Path) -> None:
         [name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         metadata = email.parser.Parser().parsestr(archive.read(name).decode())
     assert metadata["Version"] == keytrail.__version__
+
+
+def test_both_distributions_carry_the_license_text_they_declare(dist: Path, wheel: Path) -> None:
+    """Apache-2.0 (section 4a) asks that whoever passes the work on gives its recipients the License."""
+    text = (ROOT / "LICENSE").read_bytes()
+    assert b"Apache License" in text and b"Version 2.0, January 2004" in text
+    with zipfile.ZipFile(wheel) as archive:
+        [name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        metadata = email.parser.Parser().parsestr(archive.read(name).decode())
+        assert archive.read(name.replace("METADATA", "licenses/LICENSE")) == text
+    assert (metadata["License-Expression"], metadata["License-File"]) == ("Apache-2.0", "LICENSE")
+    [sdist] = dist.glob("keytrail-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        member = archive.extractfile(f"{sdist.name.removesuffix('.tar.gz')}/LICENSE")
+        assert member is not None and member.read() == text
 
 
 def test_keytrail_version_names_the_installed_version(installed: Path, elsewhere: Path) -> None:
