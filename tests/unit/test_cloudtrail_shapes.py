@@ -157,10 +157,16 @@ def test_a_file_of_no_shape_is_refused_in_one_line_naming_the_shapes_expected(tm
     other_events.write_text(json.dumps({"Events": [{"EventId": "1", "Name": "deploy"}] * 3}))
     array = tmp_path / "array.json"  # an array, but of no records
     array.write_text(json.dumps([{"name": "deploy", "at": "2026-11-28T09:00:00Z"}] * 3))
+    # CloudTrail Lake's get-query-results: the columns a SQL query chose, no record (`SELECT *`
+    # renders userIdentity and the like as text that is no JSON)
+    lake = tmp_path / "lake.json"
+    lake.write_text(json.dumps({"QueryStatus": "FINISHED", "QueryStatistics": {"ResultsCount": 1},
+                                "QueryResultRows": [[{"eventID": "e-1"}, {"eventName": "Decrypt"},
+                                                     {"userIdentity": "{type=IAMUser, arn=...}"}]]}))
     report = ReadReport()
-    assert list(iter_cloudtrail_records([alarms, other_events, array, EXAMPLES], report=report)) == _kms(_examples())
-    assert report.problems == [f"{alarms}: line 1: {NOT_CLOUDTRAIL}", f"{other_events}: line 1: {NOT_CLOUDTRAIL}",
-                               f"{array}: line 1: {NOT_CLOUDTRAIL}"]
+    files = [alarms, other_events, array, lake, EXAMPLES]
+    assert list(iter_cloudtrail_records(files, report=report)) == _kms(_examples())
+    assert report.problems == [f"{path}: line 1: {NOT_CLOUDTRAIL}" for path in files[:-1]]
 
 
 def test_the_records_before_a_damaged_line_are_read_and_the_line_named(tmp_path: Path) -> None:
