@@ -40,8 +40,13 @@ held bytes to go out).
 
 And the connections held at once are bounded (`limited_to`): each is a file descriptor, and a
 node out of them could not open its audit spool's next segment or digest, its key store or its
-consumers' files. A connection past the bound is closed as soon as it is accepted; over TLS a
-connection counts from its accept too, its handshake included (api/tls_handshake.py). Each
+consumers' files. At the bound, a new connection takes the place of the one that has waited longest
+for a request to arrive whole (`unserved`: idle, a request's head or body still arriving, a TLS
+handshake not done), which is closed; only when every connection has a request running is the new
+one closed as soon as it is accepted. Slow clients (slowloris: a byte of a head every few seconds)
+held the whole bound until their 60 s ran out and came back: 44 such connections of a node limited
+to 44 refused every other client. Over TLS a connection counts from its accept too, its handshake
+included (api/tls_handshake.py). Each
 connection closed so, before a request on it was served, is counted by its reason
 (`counting_refusals`, `REFUSAL_REASONS`) for /metrics: the log says only one a minute. So is each
 request the protocol refuses itself, never handed to the app (`REQUEST_REFUSAL_REASONS`: a 408, 431
@@ -76,9 +81,9 @@ import resource
 import sys
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import httptools
 import orjson
@@ -276,6 +281,11 @@ _HEAD_TOO_LARGE = _Refusal(_last_answer(b"431 Request Header Fields Too Large", 
 _TRAILER_TOO_LARGE = _Refusal(_last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
                                             f"The request's trailer fields exceed {HEAD_BYTES} bytes."),
                                "headers_too_large")
+# A request still arriving on the connection closed to make room for a new one at the bound: its
+# client was the slowest, and an SDK retries a ThrottlingException.
+_MADE_WAY = _last_answer(b"400 Bad Request", "ThrottlingException",
+                         "The node is at its connection limit and this request was the slowest to arrive; "
+                         "send it again.")
 _OVERDUE = _Refusal(_last_answer(b"408 Request Timeout", "RequestTimeoutException",
                                  "The request did not arrive whole in time."), "request_timeout")
 # CONNECT, or `Connection: Upgrade` with an Upgrade other than h2c alone (a WebSocket): keytrail has
@@ -398,6 +408,14 @@ def _tls_session(transport: asyncio.Transport) -> dict[object, object] | None:  
     return {"tlsVersion": ssl_object.version() or "", "cipherSuite": cipher[0] if cipher else ""}
 
 
+class Unserved(Protocol):
+    """A connection that waits for a request to arrive whole (or for its TLS handshake): it may be
+    closed to make room at the connection bound."""
+
+    def make_way(self) -> None:
+        """Close this connection for a new one (counted as a connection_limit refusal)."""
+
+
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's `httptools` protocol over a transport that joins the writes of one loop step.
     Each request's scope also carries its connection's TLS session (`TLS_EXTENSION`), which
@@ -405,6 +423,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     request_seconds = REQUEST_SECONDS
     max_connections: int | None = None  # None: no bound (see `limited_to`)
+    # With a bound, its server's connections waiting for a request to arrive whole (or for their TLS
+    # handshake), the one waiting longest first: the first closed to make room at the bound.
+    # Ordered by when each began to wait, so each change is O(1), not a search of every connection.
+    unserved: OrderedDict[Unserved, None] | None = None
     # Counted against the bound, and let in, before `connection_made` (TLS: at its accept, by
     # TlsHandshake): not checked again, as connections refused meanwhile still fill the count.
     admitted = False
@@ -417,7 +439,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     @classmethod
     def limited_to(cls, max_connections: int) -> type[CoalescingHttpToolsProtocol]:
         """This protocol, holding at most `max_connections` connections at once."""
-        return type(cls.__name__, (cls,), {"max_connections": max_connections})
+        return type(cls.__name__, (cls,), {"max_connections": max_connections, "unserved": OrderedDict()})
 
     @classmethod
     def answering_at_once(cls) -> type[CoalescingHttpToolsProtocol]:
@@ -466,6 +488,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(self._coalescing)
         if not self.admitted and self.refused(self.transport):
             return
+        self.waits()
         self.flow = _QueueFirstFlow(self.transport, self.pipeline)
         # The first request has the keep-alive timeout to begin, as every later one has.
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
@@ -524,21 +547,53 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._arriving, self._in_head = 0, False  # nothing more arrives to time out or count
 
     def refused(self, transport: asyncio.BaseTransport) -> bool:
-        """Close `transport` at once, its file descriptor with it, if it is a connection past
-        `max_connections` (this one counted); True if so."""
+        """Whether `transport`, a connection past `max_connections`, is closed at once, its file
+        descriptor with it (counted); True if so. It is let in instead when another connection
+        waits for a request (`unserved`): the one waiting longest is closed for it."""
         if self.max_connections is None or len(self.connections) <= self.max_connections:
             return False
-        now = time.monotonic()
-        if now - CoalescingHttpToolsProtocol._refusals_logged_at >= _REFUSAL_LOG_SECONDS:
-            CoalescingHttpToolsProtocol._refusals_logged_at = now
-            log.warning("refusing new connections: %d are open, the most this node holds (its file descriptor "
-                        "limit less %d it keeps for itself)", self.max_connections, RESERVED_DESCRIPTORS)
+        if self.unserved:
+            self._log_at_limit("closing the connections that wait longest for a request to make room")
+            self.unserved.popitem(last=False)[0].make_way()
+            return False
+        self._log_at_limit("refusing new connections")
         self.count_refusal("connection_limit")
         transport.close()
         return True
 
+    def _log_at_limit(self, doing: str) -> None:
+        """One warning a minute while the bound is reached, not one per connection."""
+        now = time.monotonic()
+        if now - CoalescingHttpToolsProtocol._refusals_logged_at >= _REFUSAL_LOG_SECONDS:
+            CoalescingHttpToolsProtocol._refusals_logged_at = now
+            log.warning("%s: %d are open, the most this node holds (its file descriptor limit less %d it keeps "
+                        "for itself)", doing, self.max_connections, RESERVED_DESCRIPTORS)
+
+    def waits(self) -> None:
+        """This connection waits for a request to arrive whole from now, if it does not already."""
+        if self.unserved is not None and self not in self.unserved:
+            self.unserved[self] = None
+
+    def _serves(self) -> None:
+        """This connection has a request to run: it is not closed to make room."""
+        if self.unserved is not None:
+            self.unserved.pop(self, None)
+
+    def make_way(self) -> None:
+        """Close this connection, the one that has waited longest for a request, for a new one at
+        the bound: a request arriving on it is answered that it was the slowest (a ThrottlingException,
+        which SDKs retry), and is not carried out; an idle one just closes."""
+        if self.transport.is_closing():  # leaving already (refused, answered and closing): it frees its place
+            return
+        self.count_refusal("connection_limit")
+        if self._arriving and not self._draining:
+            self.transport.write(_stamped(_MADE_WAY))
+        self._draining = True  # already answered: the close is not put off to read the body on (`_lingers`)
+        self.transport.close()  # a request task waiting for the body is told the client is gone
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._serves()  # it no longer waits
         self._unset_keepalive_if_required()  # uvicorn leaves it armed when the connection failed
         if self._deadline is not None:  # it holds the protocol, and with it the requests queued
             self._deadline.cancel()
@@ -684,6 +739,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._arriving = 0
+        self._serves()
         if self._draining:  # the refused body is read whole: nothing unread is left to reset the connection
             self._end_drain()
 
@@ -751,6 +807,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if self._sent_all and not queued:  # the client sends nothing more: its last answer is written
             self.transport.close()
             return
+        if not queued and not self.transport.is_closing():
+            self.waits()  # idle, or its next request arriving: nothing runs on it
         if queued and not self.pipeline and self._arriving and self._deadline is not None:
             # The last one queued starts and its connection is read again: the rest of its body has
             # its whole time from now, not what is left of a deadline that ran while it waited.

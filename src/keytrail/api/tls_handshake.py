@@ -72,6 +72,7 @@ class TlsHandshake(asyncio.Protocol):
         if not self._http.refused(transport):
             self._first_bytes = self._http.loop.create_future()
             self._handshake = self._http.loop.create_task(self._secure(transport))
+            self._waits(True)
 
     async def _secure(self, transport: asyncio.Transport) -> None:
         """Once the client's first bytes are in, make the handshake, then hand the connection over;
@@ -92,6 +93,7 @@ class TlsHandshake(asyncio.Protocol):
             return
         finally:
             self._connections.discard(self)  # the HTTP protocol counts it from here, or it is closed
+            self._waits(False)
         if secure is not None and not secure.is_closing():  # None: closed (shutdown) as the handshake ended
             self._hand_over(secure)
 
@@ -153,8 +155,25 @@ class TlsHandshake(asyncio.Protocol):
             self._http.connection_lost(exc)
             return
         self._connections.discard(self)
+        self._waits(False)
         if self._handshake is not None:
             self._handshake.cancel()  # which may not have begun, and must not hand a closed connection over
+
+    def _waits(self, waiting: bool) -> None:
+        """Whether this connection, its handshake not done, is among those closed first to make room
+        at the connection bound (the HTTP protocol's `unserved`)."""
+        unserved = self._http.unserved  # the bound's, shared by the server's connections
+        if unserved is None:
+            return
+        if waiting:
+            unserved[self] = None
+        else:
+            unserved.pop(self, None)
+
+    def make_way(self) -> None:
+        """Drop this connection, its handshake not done, for a new one at the connection bound."""
+        self._http.count_refusal("connection_limit")
+        self.shutdown()
 
     def shutdown(self) -> None:
         """The server stops (uvicorn calls this on every connection it counts): a handshake is not

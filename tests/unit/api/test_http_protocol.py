@@ -432,16 +432,27 @@ async def test_requests_pipelined_faster_than_they_are_answered_are_not_read_ahe
         server.should_exit = True
 
 
-async def test_a_connection_past_the_limit_is_closed_at_once_and_one_closed_makes_room() -> None:
-    server, port = await _serve(_not_found, _Counted.limited_to(2))
+async def test_a_connection_past_the_limit_is_closed_at_once_while_every_one_runs_a_request() -> None:
+    release = asyncio.Event()
+
+    async def held_until_released(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await release.wait()
+            await _not_found(scope, receive, send)
+
+    refusals: Counter[str] = Counter()
+    server, port = await _serve(held_until_released, _Patient.limited_to(2).counting_refusals(refusals))
     request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
     try:
         held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for _, held_writer in held:  # each runs a request: none may be closed for a newcomer
+            held_writer.write(request)
+        await eventually(lambda: len(server.server_state.tasks) == 2, what="both requests running")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(-1), 2.0) == b""  # closed, no answer
         writer.close()
-        for held_reader, held_writer in held:  # the two held are served
-            held_writer.write(request)
+        release.set()
+        for held_reader, _ in held:  # the two held are answered
             assert (await asyncio.wait_for(held_reader.readuntil(b"{}"), 2.0)).startswith(b"HTTP/1.1 404 ")
         held[0][1].close()
         await asyncio.sleep(0.05)
@@ -452,6 +463,41 @@ async def test_a_connection_past_the_limit_is_closed_at_once_and_one_closed_make
         held[1][1].close()
     finally:
         server.should_exit = True
+    assert refusals == {"connection_limit": 1}
+
+
+async def test_at_the_limit_a_new_connection_takes_the_place_of_the_one_waiting_longest_for_a_request() -> None:
+    """Slow clients (a byte of a head now and then, slowloris) held every place until their
+    deadline: past the limit every other client was refused. The one waiting longest now makes
+    way: a request arriving on it is answered ThrottlingException (SDKs retry it), an idle one closes."""
+    refusals: Counter[str] = Counter()
+    server, port = await _serve(_not_found, _Patient.limited_to(3).counting_refusals(refusals))
+    request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"
+    try:
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for _, slow_writer in slow:
+            slow_writer.write(b"GET / HTTP/1.1\r\nho")  # and never more
+        served = await asyncio.open_connection("127.0.0.1", port)  # served, then idle: it waits again
+        served[1].write(request)
+        assert (await asyncio.wait_for(served[0].readuntil(b"{}"), 2.0)).startswith(b"HTTP/1.1 404 ")
+        newcomers = []  # each served, then idle: waiting for less long than those before it
+        for newcomer in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            newcomers.append(writer)
+            writer.write(request)
+            assert (await asyncio.wait_for(reader.readuntil(b"{}"), 2.0)).startswith(b"HTTP/1.1 404 ")
+            if newcomer < 2:  # the slow ones, oldest first, each answered and closed
+                made_way = await asyncio.wait_for(slow[newcomer][0].read(-1), 2.0)
+                head, _, body = made_way.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head
+                assert json.loads(body)["__type"] == "ThrottlingException"
+            else:  # then the one served and idle since: closed without a word
+                assert await asyncio.wait_for(served[0].read(-1), 2.0) == b""
+        for writer in newcomers:
+            writer.close()
+    finally:
+        server.should_exit = True
+    assert refusals == {"connection_limit": 3}
 
 
 def test_the_connection_limit_keeps_descriptors_for_the_node(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,15 +76,18 @@ async def _https_answer(port: int, context: ssl.SSLContext) -> bytes:
 
 def test_a_tls_connection_counts_against_the_bound_from_its_accept_before_its_handshake(
         run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Counted only once their handshakes ended, connections that never began one took every file descriptor.
+    # Counted only once their handshakes ended, connections that never began one took every file
+    # descriptor. Counted from their accept, one waiting longest for its handshake makes way for a third.
     async def case() -> None:
         async with _tls_server(tmp_path, monkeypatch) as (port, context):
             stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]  # no ClientHello, ever
             await asyncio.sleep(0.1)
-            assert await _https_answer(port, context) == b""  # a third: refused
+            assert await _https_answer(port, context) == b"HTTP/1.1 404"  # a third, in the first one's place
+            assert await asyncio.wait_for(stalled[0][0].read(-1), 3) == b""  # dropped, its handshake not begun
             stalled[0][1].close()
+            stalled[1][1].write(b"\x16\x03\x01")  # still held: a write finds it open
             await asyncio.sleep(0.1)
-            assert await _https_answer(port, context) == b"HTTP/1.1 404"  # one closed made room
+            assert not stalled[1][0].at_eof()
             stalled[1][1].close()
 
     run(case())
@@ -137,8 +140,8 @@ def test_each_connection_refused_is_counted_by_its_reason(
         async with _tls_server(tmp_path, monkeypatch, refusals) as (port, context):
             stalled = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]  # no ClientHello, ever
             await asyncio.sleep(0.1)
-            assert await _https_answer(port, context) == b""  # a third: refused at the bound
-            for reader, writer in stalled:  # then each dropped at its handshake's end
+            assert await _https_answer(port, context) == b"HTTP/1.1 404"  # a third, in the first one's place
+            for reader, writer in stalled:  # the first dropped for it, the second at its handshake's end
                 assert await asyncio.wait_for(reader.read(-1), 3) == b""
                 writer.close()
             assert await _sent_raw(port, REQUEST) == b"HTTP/1.1 400"  # plain HTTP on the TLS port
@@ -147,7 +150,7 @@ def test_each_connection_refused_is_counted_by_its_reason(
             assert await _https_answer(port, context) == b"HTTP/1.1 404"  # served: not counted
 
     run(case())
-    assert refusals == {"connection_limit": 1, "tls_handshake_timeout": 2, "plain_http_on_tls": 1,
+    assert refusals == {"connection_limit": 1, "tls_handshake_timeout": 1, "plain_http_on_tls": 1,
                         "tls_handshake_failed": 1}
 
 
