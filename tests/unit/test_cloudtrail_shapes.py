@@ -84,6 +84,12 @@ def _shapes(root: Path) -> dict[str, tuple[Path, int]]:
         for i, r in enumerate(records)], "searchedLogStreams": []}, indent=4))
     shapes["filter-log-events output"] = (filtered, 1)
 
+    # an EventBridge rule's CloudWatch Logs target (/aws/events/…): each message is an event
+    bridged = root / "bridged.json"
+    bridged.write_text(json.dumps({"events": [{"logStreamName": "e", "timestamp": 1764320700000, "message": json.dumps(
+        _bridge_event(r))} for r in records], "searchedLogStreams": []}))
+    shapes["filter-log-events output of EventBridge events"] = (bridged, 1)
+
     firehose = root / "firehose" / "2026" / "11" / "28" / "09"  # objects of a delivery stream: no newline between
     firehose.mkdir(parents=True)
     name = "kms-calls-1-2026-11-28-09-05-13-8c7f9d1e-2b3a-4c5d-9e8f-a1b2c3d4e5f6"
@@ -126,7 +132,8 @@ def _shapes(root: Path) -> dict[str, tuple[Path, int]]:
 
 
 SHAPES = ["organization trail bucket", "log files one after another", "CloudWatch Logs export",
-          "filter-log-events output", "EventBridge events through Firehose",
+          "filter-log-events output", "filter-log-events output of EventBridge events",
+          "EventBridge events through Firehose",
           "CloudWatch Logs subscription through Firehose", "arrays of records", "JSON lines of records"]
 
 
@@ -143,8 +150,8 @@ def test_a_folder_of_every_shape_lists_their_files_and_nothing_else_beside_them(
     shapes = _shapes(tmp_path)
     (tmp_path / "export" / "vpc-flow.log.gz").write_bytes(gzip.compress(b"2 123 eni-1 ACCEPT OK"))
     found = [p.relative_to(tmp_path).parts[0] for p in iter_log_files([tmp_path])]
-    assert sorted(found) == sorted(["org", "all.json", "export", "filtered.json", "firehose", "firehose",
-                                    "subscription", "subscription", "listed", "listed", "lines"])
+    assert sorted(found) == sorted(["org", "all.json", "export", "filtered.json", "bridged.json", "firehose",
+                                    "firehose", "subscription", "subscription", "listed", "listed", "lines"])
     report = ReadReport()
     assert len(list(iter_cloudtrail_records([tmp_path], report=report))) == 9 * (len(shapes) + 1)
     assert report.problems == []
@@ -221,7 +228,7 @@ def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def test_import_report_consume_and_detect_read_every_shape_alike(tmp_path: Path) -> None:
     """A folder of every shape (each holding the nine KMS records) through the real commands: each
-    reads all eight shapes' 81 records (the subscription's twice: gzipped once, and twice), keeps
+    reads all nine shapes' 90 records (the subscription's twice: gzipped once, and twice), keeps
     nine calls, and names no problem."""
     shapes = tmp_path / "shapes"
     shapes.mkdir()
@@ -229,11 +236,11 @@ def test_import_report_consume_and_detect_read_every_shape_alike(tmp_path: Path)
 
     imported = _keytrail("audit", "import", "--data-dir", tmp_path / "node", shapes)
     assert (imported.returncode, imported.stderr) == (0, "")
-    assert imported.stdout == ("imported 9 KMS records from 11 files; skipped 10 records of other services and 72 "
+    assert imported.stdout == ("imported 9 KMS records from 12 files; skipped 11 records of other services and 81 "
                                "already in the event log; 0 problems\n")
     consumed = _keytrail("consume", "--data-dir", tmp_path / "consumed", "--cloudtrail", shapes)
     assert consumed.returncode == 0
-    assert "consumed 81 records: 9 counted, 72 duplicates, 0 already counted\n" in consumed.stderr
+    assert "consumed 90 records: 9 counted, 81 duplicates, 0 already counted\n" in consumed.stderr
     report = _keytrail("report", "--cloudtrail", shapes, "--out", tmp_path / "report.json", "--no-progress")
     assert report.returncode == 0 and "skipped:" not in report.stderr
     assert f"wrote {tmp_path / 'report.json'} (json: 9 events, 4 keys, 0 alarms)" in report.stderr

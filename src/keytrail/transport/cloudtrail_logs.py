@@ -324,7 +324,8 @@ class LogFile:
                 first = False
                 if not (isinstance(batch[0], dict) and field in batch[0]):
                     raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
-            yield from (_carried_record(entry, field) for entry in batch)
+            for entry in batch:  # an EventBridge rule's log group holds events carrying records
+                yield from _records_of(_carried_record(entry, field))
 
     def _text(self) -> Iterator[str]:
         """Its text, a piece at a time: gunzipped when it starts as gzip does (twice when what that
@@ -493,10 +494,7 @@ def _carried_record(entry: Any, field: str) -> Any:
     text in `field`; what it carries otherwise (not a string, not JSON), or an entry without it,
     as it is, which the reader then reports as no JSON object (or no record), by its index."""
     text = entry.get(field) if isinstance(entry, dict) else None
-    if not isinstance(text, str):
-        return text
-    record = _record_of_text(text)
-    return as_caller_copy(record) if isinstance(record, dict) else record
+    return _record_of_text(text) if isinstance(text, str) else text
 
 
 def _record_of_text(text: str) -> Any:
