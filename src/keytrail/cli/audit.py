@@ -349,7 +349,9 @@ def verify(data_dir: Path = DataDir,
 @audit_app.command("import")
 def import_(paths: list[Path] = typer.Argument(..., parser=named_path, help="CloudTrail log files or folders."),
             data_dir: Path = DataDir) -> None:
-    """Import the KMS records of AWS CloudTrail log files (.json, .json.gz) into the event log.
+    """Import the KMS records of AWS CloudTrail log files (.json, .json.gz) into the event log;
+    lookup-events and filter-log-events output, CloudWatch Logs exports, EventBridge events and JSON
+    lines of records too (docs/reports.md).
 
     SIGTERM or Ctrl-C stops it cleanly: the records read so far are stored and signed, the count
     printed, and it exits 143 or 130."""
