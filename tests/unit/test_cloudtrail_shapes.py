@@ -124,7 +124,7 @@ def _shapes(root: Path) -> dict[str, tuple[Path, int]]:
     (listed / "2-history.json").write_text(json.dumps([json.dumps(r) for r in records[5:]], indent=2))
     shapes["arrays of records"] = (listed, 1)
 
-    lines = root / "lines"  # `jq -c '.Records[]'`, an Athena or a SIEM export
+    lines = root / "lines"  # `jq -c '.Records[]'`, a SIEM's export
     lines.mkdir()
     (lines / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     shapes["JSON lines of records"] = (lines, 1)
@@ -170,8 +170,10 @@ def test_a_file_of_no_shape_is_refused_in_one_line_naming_the_shapes_expected(tm
     lake.write_text(json.dumps({"QueryStatus": "FINISHED", "QueryStatistics": {"ResultsCount": 1},
                                 "QueryResultRows": [[{"eventID": "e-1"}, {"eventName": "Decrypt"},
                                                      {"userIdentity": "{type=IAMUser, arn=...}"}]]}))
+    athena = tmp_path / "athena.jsonl"  # UNLOAD of a CloudTrail table: its columns lower-cased
+    athena.write_text("".join(json.dumps({k.lower(): v for k, v in r.items()}) + "\n" for r in _examples()))
     report = ReadReport()
-    files = [alarms, other_events, array, lake, EXAMPLES]
+    files = [alarms, other_events, array, lake, athena, EXAMPLES]
     assert list(iter_cloudtrail_records(files, report=report)) == _kms(_examples())
     assert report.problems == [f"{path}: line 1: {NOT_CLOUDTRAIL}" for path in files[:-1]]
 
