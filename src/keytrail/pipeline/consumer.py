@@ -119,12 +119,21 @@ class MetricsConsumer:
             self._held(None)
 
     async def run(self) -> RunStats:
-        """Consume until the source ends or `stop()`; then write the Parquet tables."""
+        """Consume until the source ends or `stop()`; then write the Parquet tables. A run that
+        failed raises its own error: its export, tried all the same, fails too as a rule (the disk
+        it found full), and its error took the place of the run's, which named the file."""
         try:
-            return await self.runner.run()
-        finally:
+            stats = await self.runner.run()
+        except BaseException:
             if self.settings.export_seconds is not None:
-                await asyncio.to_thread(self.export)
+                try:
+                    await asyncio.to_thread(self.export)
+                except OSError as exc:
+                    log.warning("the metrics tables were not written after the consumer failed: %s", exc)
+            raise
+        if self.settings.export_seconds is not None:
+            await asyncio.to_thread(self.export)
+        return stats
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -212,7 +212,8 @@ def _replace(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-    except OSError:  # a full disk: no partial file left beside the table
+    except OSError as exc:  # a full disk: no partial file left beside the table
         temp.unlink(missing_ok=True)
-        raise
+        # A write's or fsync's error names no file: "No space left on device" alone said not which disk.
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from None
     temp.replace(path)
