@@ -6,13 +6,14 @@ import json
 import os
 import stat
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 __all__ = [
-    "DEV_CLOCK_FILE", "Clock", "ManualClock", "SystemClock", "as_utc", "data_dir_now", "dev_clock_ahead", "shifted",
-    "utc_now",
+    "DEV_CLOCK_FILE", "Clock", "ManualClock", "SystemClock", "as_utc", "data_dir_now", "dev_clock_ahead",
+    "running_seconds", "shifted", "utc_now",
 ]
 
 #: In a data dir: how far `serve --dev-clock` has moved ahead of the wall clock, `{"aheadSeconds": N}`
@@ -23,6 +24,13 @@ DEV_CLOCK_FILE = "dev-clock.json"
 def utc_now() -> datetime:
     """The wall clock as an aware UTC datetime."""
     return datetime.now(UTC)
+
+
+def running_seconds() -> float:
+    """Seconds on a clock that no step of the wall clock moves (an NTP step, a date set by hand),
+    time suspended included where the system counts it (CLOCK_BOOTTIME): how long a process really
+    ran between two of its moments."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
 
 
 def as_utc(moment: datetime) -> datetime:

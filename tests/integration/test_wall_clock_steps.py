@@ -5,6 +5,8 @@ as they happened."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -49,7 +51,8 @@ def stepped_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
     try:
         yield server, minutes
     finally:
-        assert server.stop() == 0
+        if server.proc is not None:  # not stopped by the test
+            assert server.stop() == 0
 
 
 def _kms(server: KeytrailServer) -> Any:
@@ -87,3 +90,24 @@ def test_a_steady_caller_raises_no_usage_spike_when_the_node_clock_steps_back(
     surge = f"{datetime.fromtimestamp(minutes.start + 21 * 60, UTC):%Y-%m-%dT%H:%M:%SZ}"
     assert alarm["firstSeen"] >= surge, f"raised at {alarm['firstSeen']}, before the surge: {alarm['summary']}"
     assert int(alarm["details"]["observedRate"]) >= 20
+
+
+def test_audit_verify_tells_a_clock_set_ahead_and_back_from_a_node_down(
+        stepped_node: tuple[KeytrailServer, _Minutes]) -> None:
+    """The node's clock set two days ahead for a call, then back (NTP correcting a bad source):
+    verify said "no digest from … (48.0 h …): the node was down after a crash or hung, or the
+    digests and records of that time were removed" of a node that ran throughout."""
+    server, minutes = stepped_node
+    kms = _kms(server)
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    minutes.at(2 * 1440)
+    kms.encrypt(KeyId=key, Plaintext=b"x")
+    minutes.at(1)
+    kms.encrypt(KeyId=key, Plaintext=b"x")
+    assert server.stop() == 0
+    verify = subprocess.run([sys.executable, "-m", "keytrail", "audit", "verify", "--data-dir", str(server.data_dir)],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "no digest from" not in verify.stdout, verify.stdout
+    assert "h after" in verify.stdout and ", in one session: its wall clock was stepped ahead" in verify.stdout, \
+        verify.stdout

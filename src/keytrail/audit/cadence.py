@@ -43,18 +43,29 @@ def silent_spans(digests: list[dict[str, Any]], dev_clock_ahead: float = 0.0) ->
     interval (plus slack) that no clean stop explains. `dev_clock_ahead`: how far the data dir's
     dev clock (`serve --dev-clock`) went ahead of the wall clock: moving it forward leaves such a
     span too, which is then no sign of a crash."""
-    moved = (f" (this data dir's dev clock, `serve --dev-clock`, went {duration(dev_clock_ahead)} ahead: moving it "
-             "forward leaves such a span)") if dev_clock_ahead > 0 else ""
-    notes = []
-    for earlier, later in itertools.pairwise(digests):
-        allowed = _allowed_silence(earlier)
-        silence = (_signed_at(later) - _signed_at(earlier)).total_seconds()
-        if allowed is not None and silence > allowed:
-            notes.append(f"no digest from {_named(earlier)} to {_named(later)} ({duration(silence)}; the node signs "
-                         f"one every {duration(earlier['intervalSeconds'])}) and no clean stop between: the node was "
-                         f"down after a crash or hung{moved}, or the digests and records of that time were removed and "
-                         "a node started again on what was left (check with --digests)")
-    return notes
+    moved = (f"this data dir's dev clock, `serve --dev-clock`, went {duration(dev_clock_ahead)} ahead: moving it "
+             "forward leaves such a span") if dev_clock_ahead > 0 else ""
+    return [note for earlier, later in itertools.pairwise(digests) if (note := _span_note(earlier, later, moved))]
+
+
+def _span_note(earlier: dict[str, Any], later: dict[str, Any], moved: str) -> str | None:
+    """The note on the span from `earlier` to `later`, if longer than allowed. One session that ran
+    no longer than allowed between them (by a clock no wall-clock step moves) had its clock moved
+    ahead: said so, where it was told as a crash, a hang or digests removed (a node whose wall
+    clock NTP set 48 h ahead and back: "the node was down after a crash or hung")."""
+    allowed = _allowed_silence(earlier)
+    silence = (_signed_at(later) - _signed_at(earlier)).total_seconds()
+    if allowed is None or silence <= allowed:
+        return None
+    ran = _ran_between(earlier, later)
+    if ran is not None and ran <= allowed:
+        how = moved or "its wall clock was stepped ahead (NTP, a date set by hand)"
+        return (f"digest {_named(later)} is dated {duration(silence)} after {_named(earlier)}, but the node ran "
+                f"{duration(ran)} between them, in one session: {how}; the node was not down, and no digest is missing")
+    return (f"no digest from {_named(earlier)} to {_named(later)} ({duration(silence)}; the node signs one every "
+            f"{duration(earlier['intervalSeconds'])}) and no clean stop between: the node was down after a crash or "
+            f"hung{f' ({moved})' if moved else ''}, or the digests and records of that time were removed and a node "
+            "started again on what was left (check with --digests)")
 
 
 def late_records(log: SegmentLog, newest: dict[str, Any]) -> list[str]:
@@ -87,6 +98,16 @@ def _latest_record(log: SegmentLog, start: int) -> tuple[int, dict[str, Any], da
                 latest = (offset, event, written)
         start = batch[-1][0] + 1
     return latest
+
+
+def _ran_between(earlier: dict[str, Any], later: dict[str, Any]) -> float | None:
+    """Seconds the node ran from `earlier` to `later` when one session signed both (None: digests of
+    two sessions, or of a keytrail that named none)."""
+    session = earlier.get("session")
+    if session is None or later.get("session") != session:
+        return None
+    ran = float(later.get("runningSeconds", 0)) - float(earlier.get("runningSeconds", 0))
+    return ran if ran >= 0 else None
 
 
 def _allowed_silence(digest: dict[str, Any]) -> float | None:

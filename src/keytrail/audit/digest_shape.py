@@ -32,7 +32,8 @@ def shape_problem(digest: dict[str, Any]) -> str | None:
 
 
 def _optional_problem(digest: dict[str, Any]) -> str | None:
-    """The fields only some digests carry (older versions wrote no `intervalSeconds`)."""
+    """The fields only some digests carry (older versions wrote no `intervalSeconds`, nor
+    `session` and `runningSeconds`)."""
     interval = digest.get("intervalSeconds")
     if interval is not None and not _is_interval(interval):
         return f"intervalSeconds {interval!r} is no number of seconds above 0"
@@ -40,6 +41,12 @@ def _optional_problem(digest: dict[str, Any]) -> str | None:
         return f"final {digest.get('final')!r} is neither true nor false"
     if not isinstance(digest.get("origin", ""), str):
         return f"origin {digest.get('origin')!r} is no text"
+    if not isinstance(digest.get("session", ""), str):
+        return f"session {digest.get('session')!r} is no text"
+    running = digest.get("runningSeconds", 0)
+    if not (isinstance(running, int | float) and not isinstance(running, bool) and math.isfinite(running)
+            and running >= 0):
+        return f"runningSeconds {running!r} is no number of seconds from 0"
     return None
 
 

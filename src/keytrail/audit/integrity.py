@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from keytrail.clock import running_seconds
 from keytrail.owner_only import make_dirs, named, open_file, open_regular, sharing_problem, sync_folder
 from keytrail.transport.segment_log import Cut, SegmentLog
 
@@ -313,6 +315,11 @@ class ChainWriter:
         self._trim: _HashCopy | None = None  # the hash store trim in flight, one at a time
         self._recover(log)
         self._last_time: datetime | None = None
+        # Named in each digest with the seconds this process has run (`running_seconds`): `verify`
+        # tells two digests of one session far apart by their times yet not by how long the node
+        # ran between them (its wall clock stepped ahead) from a node down or hung between them.
+        self._session = secrets.token_hex(8)
+        self._began = running_seconds()
 
     @property
     def end(self) -> int:
@@ -393,6 +400,7 @@ class ChainWriter:
             "endOffset": self._end, "digestEndTime": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             "chainHead": self._chain.hex(), "signatureAlgorithm": "Ed25519", "intervalSeconds": self.interval,
             "previousDigestHash": digest_hash(self._last), "publicKeyFingerprint": self._fingerprint(),
+            "session": self._session, "runningSeconds": round(running_seconds() - self._began, 3),
             **({"origin": self.origin} if self.origin else {}), **({"final": True} if final else {}),
         }
         digest = {**body, "signature": self._key.sign(canonical(body)).hex()}
