@@ -277,6 +277,7 @@ def test_unfinished_large_bodies_hold_a_bounded_share_of_memory_and_small_calls_
     # while every call an SDK makes, smaller than that, is served.
     body = b'{"Limit": 1000}'.ljust(250_000)
     sent = body[:200_000]  # 136 KiB past the first 64 KiB of each, held while the rest is awaited
+    before = _counted(server.get("/metrics")[1].decode(), "keytrail_http_refused_requests_total")
     with contextlib.ExitStack() as stack:
         socks = [stack.enter_context(socket.create_connection(("127.0.0.1", server.port), timeout=10))
                  for _ in range(130)]  # 17.1 MiB of such bytes in all
@@ -292,6 +293,9 @@ def test_unfinished_large_bodies_hold_a_bounded_share_of_memory_and_small_calls_
         assert 5 <= len(answers) <= 10  # the others wait for the rest of their bodies
         assert all(a.startswith(b"HTTP/1.1 400 ") and b"ThrottlingException" in a and b"connection: close" in a
                    for a in answers)
+        # Refused before their signatures were checked: no audit record, and they showed nowhere else.
+        after = _counted(server.get("/metrics")[1].decode(), "keytrail_http_refused_requests_total")
+        assert after["large_bodies_throttled"] - before.get("large_bodies_throttled", 0) == len(answers)
     assert "Keys" in server.client().list_keys()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:  # the bytes were given back
         sock.sendall(_signed_head(server, body) + body)
@@ -950,7 +954,7 @@ def test_requests_the_http_stack_refuses_itself_are_counted_in_metrics(fresh_ser
     fresh_server.client().list_keys()  # served: not counted
     refused = _counted(fresh_server.get("/metrics")[1].decode(), "keytrail_http_refused_requests_total")
     assert refused == {"request_timeout": 0, "headers_too_large": 1, "malformed_http": 1, "body_too_large": 1,
-                       "protocol_upgrade": 0}
+                       "protocol_upgrade": 0, "large_bodies_throttled": 0}
 
 
 def test_a_trailer_streamed_after_a_chunked_body_is_refused_431_not_held(fresh_server: KeytrailServer) -> None:

@@ -124,8 +124,9 @@ class ApiSettings:
     health: Callable[[], Awaitable[dict[str, Any]]] | None = None  # a "status" other than "ok" answers 503
     startup: list[Hook] = field(default_factory=list)
     shutdown: list[Hook] = field(default_factory=list)
-    # Requests refused before the service saw them, by REQUEST_REFUSAL_REASONS: the app's 413 here, the
-    # HTTP protocol's 408, 431 and 400 when it is given the same counter (cli/http_server.py).
+    # Requests refused before the service saw them, by REQUEST_REFUSAL_REASONS: the app's 413 and
+    # large bodies' ThrottlingException here, the HTTP protocol's 408, 431 and 400 when it is given the
+    # same counter (cli/http_server.py).
     refusals: Counter[str] = field(default_factory=Counter)
 
 
@@ -440,8 +441,8 @@ async def _read_body(receive: Receive, limit: int, large: _LargeBodies | None = 
             if large is not None and size > SMALL_BODY_BYTES:
                 try:
                     large.take(size - SMALL_BODY_BYTES - held)
-                except errors.KmsError as error:
-                    raise _Unread(error) from None
+                except errors.KmsError as error:  # counted: refused before its signature, it has no audit record
+                    raise _Unread(error, "large_bodies_throttled") from None
                 held = size - SMALL_BODY_BYTES
     finally:
         if large is not None and held:

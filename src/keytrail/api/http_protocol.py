@@ -114,9 +114,10 @@ _REFUSAL_LOG_SECONDS = 60.0  # one warning a minute while connections are refuse
 # its time (HANDSHAKE_SECONDS, a ClientHello never sent included), or plain HTTP sent instead.
 REFUSAL_REASONS = ("connection_limit", "tls_handshake_failed", "tls_handshake_timeout", "plain_http_on_tls")
 # Why a request was refused before the app carried it out, by its answer: 408, 431, 400 (by the
-# protocol, below) and 413 (by the app, which reads the body: api/app.py).
+# protocol, below), 413 and the ThrottlingException of bodies arriving past the bytes they may hold
+# together (by the app, which reads the body: api/app.py).
 REQUEST_REFUSAL_REASONS = ("request_timeout", "headers_too_large", "malformed_http", "body_too_large",
-                           "protocol_upgrade")
+                           "protocol_upgrade", "large_bodies_throttled")
 
 
 class ClientNoiseFilter(logging.Filter):
