@@ -249,3 +249,29 @@ def test_import_report_consume_and_detect_read_every_shape_alike(tmp_path: Path)
     detected = _keytrail("detect", "--cloudtrail", shapes, "--format", "json")
     assert detected.returncode == 0 and "skipped:" not in detected.stderr
     assert {json.loads(line)["rule"] for line in detected.stdout.splitlines()} == {"unused-key"}
+
+
+def test_a_file_packed_otherwise_than_gzip_is_named_as_such(tmp_path: Path) -> None:
+    # It was "line 1: not UTF-8 (byte 0xa1 at position 11: invalid start byte)", naming neither the
+    # packing nor the remedy (Firehose compresses with ZIP or Snappy as well as GZIP).
+    import bz2
+    import lzma
+    import zipfile
+
+    text = EXAMPLES.read_bytes()
+    archive = tmp_path / "logs.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as packed:
+        packed.writestr("log.json", text)
+    packs = {archive: "a zip archive", tmp_path / "log.json.bz2": "bzip2-compressed",
+             tmp_path / "log.json.xz": "xz-compressed", tmp_path / "log.json.zst": "zstd-compressed",
+             tmp_path / "stream-1-2026-11-28-09-05-13-abc": "Snappy-compressed",
+             tmp_path / "ocsf.parquet": "a Parquet file"}
+    (tmp_path / "log.json.bz2").write_bytes(bz2.compress(text))
+    (tmp_path / "log.json.xz").write_bytes(lzma.compress(text))
+    (tmp_path / "log.json.zst").write_bytes(b"\x28\xb5\x2f\xfd\x04\x58\x41\x00\x00" + text[:64])  # a zstd frame's start
+    (tmp_path / "stream-1-2026-11-28-09-05-13-abc").write_bytes(b"\xff\x06\x00\x00sNaPpY\x00\x10\x00\x00")
+    (tmp_path / "ocsf.parquet").write_bytes(b"PAR1\x15\x04\x15\x10" + bytes(32))
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([*packs, EXAMPLES], report=report)) == _kms(_examples())
+    assert report.problems == [f"{path}: {kind}, not JSON text or gzip: unpack it first"
+                               for path, kind in packs.items()]

@@ -338,6 +338,8 @@ class LogFile:
             if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
                 raise LogFileProblem(f"{self.path}: not a regular file")
             self._gzipped = file.peek(2)[:2] == _GZIP_MAGIC
+            if packed := _packed_as(file.peek(_MAGIC_LENGTH)):
+                raise LogFileProblem(f"{self.path}: {packed}, not JSON text or gzip: unpack it first")
             reader: io.BufferedIOBase = file
             if self._gzipped:
                 reader = gzip.GzipFile(fileobj=file)
@@ -374,6 +376,20 @@ class LogFile:
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
+#: The first bytes of the other ways a file of records may come packed (Firehose compresses with
+#: ZIP or Snappy too; bzip2, xz and zstd by hand), said as such rather than as bytes that are no
+#: UTF-8. Only gzip, CloudTrail's and CloudWatch Logs' own, is read as it is.
+_PACKED = {b"PK\x03\x04": "a zip archive", b"BZh": "bzip2-compressed", b"\xfd7zXZ\x00": "xz-compressed",
+           b"\x28\xb5\x2f\xfd": "zstd-compressed", b"\xff\x06\x00\x00sNaPpY": "Snappy-compressed",
+           b"PAR1": "a Parquet file"}
+_MAGIC_LENGTH = max(map(len, _PACKED))
+
+
+def _packed_as(head: bytes) -> str | None:
+    """What packing the first bytes of a file are the mark of, if any (_PACKED)."""
+    return next((kind for magic, kind in _PACKED.items() if head.startswith(magic)), None)
+
+
 #: What a file that holds no CloudTrail records is told, with the shapes it could have had.
 _NO_RECORDS = ('not a CloudTrail log file: expected {"Records": [...]}, lookup-events or filter-log-events '
                "output, or records or EventBridge events one per line")
