@@ -409,6 +409,8 @@ def _json_file(path: Path, option: str) -> Any:
         raise BadInput(f"{option} {path}: cannot read it: {exc.strerror or exc}") from None
     except ValueError as exc:  # JSONDecodeError, or bytes that are no UTF-8/16/32 text
         raise BadInput(f"{option} {path}: not valid JSON ({exc})") from None
+    except RecursionError:  # deeper than json's reader recurses
+        raise BadInput(f"{option} {path}: not valid JSON (nested too deeply)") from None
 
 
 def _node_principals(data_dir: Path) -> Path | None:

@@ -107,7 +107,7 @@ def _is_root_of(principal: str, account: str) -> bool:
 def analyze_policy(policy: str | Mapping[str, Any], zone: TrustZone) -> list[PolicyFinding]:
     """Findings for every Allow statement of a key policy (JSON text or parsed); ValueError when it
     is not a JSON object."""
-    doc = json.loads(policy) if isinstance(policy, str) else policy
+    doc = _document(policy)
     if not isinstance(doc, Mapping):
         raise ValueError("a key policy is a JSON object")
     statements = as_list(doc.get("Statement"))
@@ -117,6 +117,18 @@ def analyze_policy(policy: str | Mapping[str, Any], zone: TrustZone) -> list[Pol
         if _takes_effect(statement) and statement.get("Effect") == "Allow":
             findings += _StatementCheck(statement, index, zone, perimeter).run()
     return findings
+
+
+def _document(policy: str | Mapping[str, Any]) -> Any:
+    """A policy's JSON (the text parsed); ValueError for text that is none, nested deeper than json's
+    reader recurses too: a record's policy may come from anywhere (`detect --cloudtrail`, an
+    inventory), and its RecursionError ended the command in a traceback."""
+    if not isinstance(policy, str):
+        return policy
+    try:
+        return json.loads(policy)
+    except RecursionError:
+        raise ValueError("the policy nests too deeply") from None
 
 
 def _takes_effect(statement: Any) -> bool:
@@ -327,7 +339,7 @@ def analyze_identity_policy(
     `denied`: decrypt actions the principal's policies deny everywhere (`denied_everywhere`)."""
     if zone.is_admin(principal):
         return []
-    doc = json.loads(policy) if isinstance(policy, str) else policy
+    doc = _document(policy)
     findings = []
     for index, statement in enumerate(as_list(doc.get("Statement"))):
         check = _StatementCheck(statement, index, zone)
@@ -349,7 +361,7 @@ def denied_everywhere(policies: Iterable[str | Mapping[str, Any]]) -> frozenset[
     (an explicit deny wins over any allow); a narrower or conditional Deny takes nothing away here."""
     denied: set[str] = set()
     for policy in policies:
-        doc = json.loads(policy) if isinstance(policy, str) else policy
+        doc = _document(policy)
         for statement in as_list(doc.get("Statement")):
             if (
                 statement.get("Effect") == "Deny"

@@ -250,6 +250,9 @@ def test_analyze_inventory(app: typer.Typer, tmp_path: Path) -> None:
     ([{"KeyArn": "k", "Policy": '{"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:*", '
                                 '"Resource": "*", "Condition": "x"}]}'}],
      "key k: its Policy is not a JSON policy document (a Condition element is an object"),
+    # deeper than json's reader recurses: a RecursionError traceback
+    ([{"KeyArn": "k", "Policy": '{"Statement": ' + "[" * 2000 + "]" * 2000 + "}"}],
+     "key k: its Policy is not a JSON policy document (the policy nests too deeply)"),
 ])
 def test_analyze_refuses_a_broken_inventory_in_one_line(app: typer.Typer, tmp_path: Path, inventory: object,
                                                         message: str) -> None:
@@ -257,6 +260,14 @@ def test_analyze_refuses_a_broken_inventory_in_one_line(app: typer.Typer, tmp_pa
     path.write_text(json.dumps(inventory))
     result = runner.invoke(app, ["analyze", "--inventory", str(path)])
     assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_analyze_refuses_an_inventory_nested_too_deeply_in_one_line(app: typer.Typer, tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text("[" * 5000 + "]" * 5000)  # a RecursionError traceback, where other bad JSON was one line
+    result = runner.invoke(app, ["analyze", "--inventory", str(path)])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"keytrail analyze: --inventory {path}: not valid JSON (nested too deeply)"]
 
 
 def test_analyze_inventory_with_principals_checks_their_identity_policies(app: typer.Typer, tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ from keytrail.detect.avro import decode_alarm, encode_alarm
 # Key policies whose Condition element is of no shape KMS takes (the permissive-key rule reads them).
 _ODD_CONDITIONS: list[Any] = ["x", [1], {"Bool": {"kms:GrantIsForAWSResource": []}},
                               {"Bool": {"kms:GrantIsForAWSResource": None}}]
-ODD_VALUES: list[Any] = [None, 5, True, "x", "{", '{"Statement": 5}', [], [1, None], {}, {"a": {"b": []}}] + [
+ODD_VALUES: list[Any] = [None, 5, True, "x", "{", '{"Statement": 5}', [], [1, None], {}, {"a": {"b": []}},
+                         # deeper than json's reader recurses: a RecursionError ended `detect --cloudtrail`
+                         '{"Statement": ' + "[" * 2000 + "]" * 2000 + "}"] + [
     json.dumps({"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "kms:CreateGrant", "Condition": odd}]})
     for odd in _ODD_CONDITIONS
 ]
