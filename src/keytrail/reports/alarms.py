@@ -41,7 +41,7 @@ def read_alarm_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
         for line in handle:
             try:
                 alarm = json.loads(line)
-            except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError; nested past json's reach
                 unreadable += bool(line.strip())
                 continue
             if isinstance(alarm, dict) and alarm.get("alarmId"):

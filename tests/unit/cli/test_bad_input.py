@@ -150,7 +150,8 @@ def test_report_reads_an_alarms_file_with_unreadable_lines_and_mistyped_fields(t
     alarms = tmp_path / "alarms.jsonl"
     alarms.write_bytes(b"\xcc\xff not UTF-8\n"
                        b'{"alarmId": "a", "count": "x", "firstSeen": 5, "severity": 7, "eventIds": 5}\n'
-                       b'{"alarmId": "b", "count": 1.5, "summary": {"x": 1}, "eventIds": [1, 2]}\n')
+                       b'{"alarmId": "b", "count": 1.5, "summary": {"x": 1}, "eventIds": [1, 2]}\n'
+                       + b"[" * 5000 + b"]" * 5000 + b"\n")  # past json's recursion: it was a RecursionError
     out = tmp_path / "alarms.json"
     result = _keytrail("report", "--data-dir", tmp_path / "node", "--alarms", alarms, "--out", out,
                        "--table", "alarms")

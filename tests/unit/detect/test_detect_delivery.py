@@ -116,6 +116,17 @@ async def test_runner_does_not_resend_alarms_already_in_alarms_jsonl(tmp_path: P
     assert latest.count == 3
 
 
+def test_a_line_nested_too_deeply_in_alarms_jsonl_or_an_outbox_is_skipped_not_a_failed_start(tmp_path: Path) -> None:
+    # json's reader raised RecursionError, past what either reader skipped: the detector could not start.
+    from keytrail.detect.sinks.outbox import Outbox
+
+    alarm, deep = sample_alarm(), "[" * 5000 + "]" * 5000
+    (tmp_path / "alarms.jsonl").write_text(f"{deep}\n{json.dumps(alarm.to_json())}\n")
+    assert list(read_alarms(tmp_path / "alarms.jsonl").values()) == [alarm]
+    (tmp_path / "outbox.jsonl").write_text(f"{deep}\n{json.dumps({'queued': alarm.to_json()})}\n")
+    assert Outbox(tmp_path / "outbox.jsonl").owed == [alarm]
+
+
 async def test_jsonl_sink_appends(tmp_path: Path) -> None:
     sink, alarm = JsonlSink(tmp_path / "a" / "alarms.jsonl"), sample_alarm()
     await sink.deliver(alarm)

@@ -106,7 +106,7 @@ def read_alarms(path: Path) -> dict[str, Alarm]:
                 continue
             try:
                 alarm = Alarm.from_json(json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested past json's reach
                 log.warning("%s line %d is not an alarm (%s); skipped", path, number, exc)
                 continue
             latest[alarm.alarm_id] = alarm

@@ -146,7 +146,7 @@ def _owed(path: Path) -> list[Alarm]:
             else:
                 state = (int(entry["rank"]), int(entry["count"]))
                 handled[entry["handled"]] = max(state, handled.get(entry["handled"], state))
-        except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+        except (ValueError, KeyError, TypeError, RecursionError):  # a line cut short by a crash, or nested too deeply
             continue
     return [alarm for alarm_id, alarm in queued.items()
             if (alarm.severity.rank, alarm.count) > handled.get(alarm_id, (-1, 0))]
