@@ -140,7 +140,12 @@ def _resource_arns(resources: str | None) -> tuple[str, ...]:
 
 @lru_cache(maxsize=4096)
 def _time(epoch_ms: int) -> datetime:
-    return _EPOCH + epoch_ms * _MILLISECOND
+    """An eventTime; ValueError past a date's range (years 1 to 9999): a damaged long the columnar
+    reader reads as any other, whose OverflowError passed over its whole batch (`events_of`)."""
+    try:
+        return _EPOCH + epoch_ms * _MILLISECOND
+    except OverflowError:
+        raise ValueError(f"eventTime {epoch_ms} ms is past a date's range") from None
 
 
 def _json(text: str | None) -> Any:

@@ -95,6 +95,27 @@ async def test_a_value_that_made_the_columnar_reader_panic_is_skipped_without_pa
     assert "panicked" not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("millis", [2**62, -(2**60), 253402300800000])  # the last: 10000-01-01
+async def test_a_value_whose_event_time_is_past_a_dates_range_is_skipped_and_the_rest_of_its_batch_judged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, millis: int
+) -> None:
+    """A poisoned message: its eventTime long, damaged, read by the columnar reader as any long. Its
+    event's time overflowed (OverflowError, which the per-record skip did not catch), so the batch
+    was passed over, every other call in it (up to 5,000) unjudged."""
+    from keytrail.audit import schema
+
+    records = _records()
+    values = [encode(r) for r in records]
+    _, start = schema._event_id_span(values[1])  # eventTime follows eventID
+    _, end = schema._read_long(values[1], start)
+    values[1] = values[1][:start] + schema.avro_long(millis) + values[1][end:]
+    runner = DetectorRunner.open(tmp_path / "values")
+    with caplog.at_level(logging.WARNING):
+        await runner.feed_values(values)
+    assert _summary(runner) == await _fed_records(tmp_path, [records[0], *records[2:]])
+    assert f"skipping unreadable CloudTrail record {records[1]['eventID']}" in caplog.text
+
+
 async def test_the_runner_s_lag_is_what_its_source_held_after_the_last_batch_judged(tmp_path: Path) -> None:
     # `detect --kafka --metrics-port` serves it as keytrail_detector_lag: how far behind its alarms are.
     from collections.abc import AsyncIterator
