@@ -7,13 +7,14 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 __all__ = [
-    "DEV_CLOCK_FILE", "Clock", "ManualClock", "SystemClock", "as_utc", "data_dir_now", "dev_clock_ahead",
-    "running_seconds", "shifted", "utc_now",
+    "DEV_CLOCK_FILE", "Clock", "ManualClock", "SystemClock", "WallClockSteps", "as_utc", "data_dir_now",
+    "dev_clock_ahead", "running_seconds", "shifted", "utc_now",
 ]
 
 #: In a data dir: how far `serve --dev-clock` has moved ahead of the wall clock, `{"aheadSeconds": N}`
@@ -31,6 +32,28 @@ def running_seconds() -> float:
     time suspended included where the system counts it (CLOCK_BOOTTIME): how long a process really
     ran between two of its moments."""
     return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
+
+class WallClockSteps:
+    """Tells a step of the wall clock (an NTP step, a date set by hand) between two readings: how
+    much further it moved than a clock no step moves (`running_seconds`), ahead or back. Steps
+    under `threshold` seconds (NTP's routine corrections) are none."""
+
+    def __init__(self, threshold: float = 60.0, wall: Callable[[], float] = time.time,
+                 running: Callable[[], float] = running_seconds) -> None:
+        self._threshold, self._wall, self._running = threshold, wall, running
+        self._last: tuple[float, float] | None = None
+
+    def step(self) -> tuple[float, float]:
+        """(seconds the wall clock stepped since the last reading, ahead > 0, back < 0, or 0;
+        seconds that really passed since then)."""
+        wall, running = self._wall(), self._running()
+        last, self._last = self._last, (wall, running)
+        if last is None:
+            return 0.0, 0.0
+        passed = running - last[1]
+        stepped = (wall - last[0]) - passed
+        return (stepped if abs(stepped) >= self._threshold else 0.0), passed
 
 
 def as_utc(moment: datetime) -> datetime:

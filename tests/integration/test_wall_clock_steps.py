@@ -45,7 +45,8 @@ def stepped_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tu
     minutes.at(0)
     rules = tmp_path / "rules.toml"
     rules.write_text(_RULES)
-    server = KeytrailServer(tmp_path / "data", "--dev-credentials", "--config", str(rules), dev_clock=False)
+    server = KeytrailServer(tmp_path / "data", "--dev-credentials", "--config", str(rules), "--scheduler-interval", "1",
+                            dev_clock=False)
     with clock.preloaded(monkeypatch):
         server.start()
     try:
@@ -111,3 +112,17 @@ def test_audit_verify_tells_a_clock_set_ahead_and_back_from_a_node_down(
     assert "no digest from" not in verify.stdout, verify.stdout
     assert "h after" in verify.stdout and ", in one session: its wall clock was stepped ahead" in verify.stdout, \
         verify.stdout
+
+
+def test_serve_says_in_one_line_when_its_wall_clock_steps(stepped_node: tuple[KeytrailServer, _Minutes]) -> None:
+    """Deletions fall due and calls are dated by the wall clock: a node whose clock NTP stepped two
+    days ahead (deleting the keys due meanwhile) or back (its calls dated before those logged)
+    said nothing of it."""
+    server, minutes = stepped_node
+    minutes.at(2 * 1440)
+    eventually_blocking(lambda: "WARNING keytrail: the wall clock stepped 48.0 h ahead (" in server.log.read_text(),
+                        what="the line of the step ahead", timeout=30)
+    minutes.at(1)
+    eventually_blocking(lambda: "WARNING keytrail: the wall clock stepped 48.0 h back (" in server.log.read_text(),
+                        what="the line of the step back", timeout=30)
+    assert server.log.read_text().count("the wall clock stepped") == 2  # once each, not at each run of the scheduler

@@ -26,6 +26,7 @@ from keytrail.api.app import ApiSettings, KmsApp
 from keytrail.api.credentials import CredentialStore
 from keytrail.api.http_protocol import REFUSAL_REASONS, REQUEST_REFUSAL_REASONS
 from keytrail.api.protocol import operation_names
+from keytrail.audit.cadence import duration
 from keytrail.audit.spool import FSYNC_BUCKETS
 from keytrail.audit.trail import AuditSettings, AuditTrail
 from keytrail.children import Child, ChildSpec
@@ -38,7 +39,7 @@ from keytrail.cli.metrics_endpoint import render_alarm_counts, render_detector_l
 from keytrail.cli.settings_reload import SettingsReload
 from keytrail.cli.sidecar import consumer_lock, detector_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live, judged_up_to
-from keytrail.clock import DEV_CLOCK_FILE, Clock, ManualClock, SystemClock, dev_clock_ahead, utc_now
+from keytrail.clock import DEV_CLOCK_FILE, Clock, ManualClock, SystemClock, WallClockSteps, dev_clock_ahead, utc_now
 from keytrail.config import ServeSettings
 from keytrail.detect.alarm_tally import AlarmTally
 from keytrail.detect.alarms import Alarm
@@ -892,9 +893,11 @@ async def _say_overdue_refusals(app: KmsApp) -> None:
 
 async def _scheduler(node: Node) -> None:
     """Apply due deletions and rotations even for keys nobody touches."""
-    refusal = _StoreRefusal()
+    refusal, steps = _StoreRefusal(), WallClockSteps()
+    steps.step()
     while True:
         await asyncio.sleep(node.settings.scheduler_interval_seconds)
+        _say_wall_clock_step(*steps.step())
         try:
             await node.service.run_due()
         except KmsError as exc:  # the key store refusing calls: its own log line said why
@@ -907,6 +910,21 @@ async def _scheduler(node: Node) -> None:
             log.exception("scheduled key maintenance failed")
             continue
         refusal.ran()
+
+
+def _say_wall_clock_step(stepped: float, passed: float) -> None:
+    """One line when the wall clock stepped: deletions, rotations and expiries fall due, and calls
+    are dated, by it, so a node that deleted keys, or logged calls dated before those already
+    logged, after an NTP step or a date set by hand said nothing of why."""
+    if not stepped:
+        return
+    how = (f"the wall clock stepped {duration(round(abs(stepped)))} {'ahead' if stepped > 0 else 'back'} "
+           f"({duration(round(passed))} passed by a clock no step moves)")
+    if stepped > 0:
+        log.warning("%s: deletions, rotations and expiries due by the new time are carried out, and calls are dated "
+                    "by it", how)
+    else:
+        log.warning("%s: calls are dated before those already logged until it is past them again", how)
 
 
 _Part = tuple[str, Callable[[], Awaitable[object]]]
