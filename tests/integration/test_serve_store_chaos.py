@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import random
+import string
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -21,7 +25,7 @@ from keytrail.kms.sealing import ROOT_KEY_ENV
 from tests.integration.e2e.support import audit_events, reply_id
 from tests.support.errors import aws_error
 from tests.support.mounts import filled
-from tests.support.postgres import admin, database_url, scratch_database
+from tests.support.postgres import admin, database_url, fetch_value, scratch_database
 from tests.support.postgres_cluster import PostgresCluster, private_cluster
 from tests.support.server import KeytrailServer
 
@@ -208,3 +212,72 @@ def _read_only(database: str, on: bool) -> None:
     setting = "SET default_transaction_read_only = on" if on else "RESET default_transaction_read_only"
     asyncio.run(admin(f"ALTER DATABASE {database} {setting}"))
     asyncio.run(admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"))
+
+
+def _rotate(data_dir: Path, store: str, new_key: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keytrail", "root-key", "rotate", "--data-dir", str(data_dir),
+                           "--store", store, "--new-key", str(new_key)], capture_output=True, text=True, timeout=300)
+
+
+def _leave_free(folder: Path, room: int) -> Path:
+    """Fill the filesystem of `folder` but for `room` bytes; the file that holds the rest."""
+    stat = os.statvfs(folder)
+    filler = folder / "filler"
+    with filler.open("wb") as handle:
+        handle.write(bytes(max(stat.f_bavail * stat.f_frsize - room, 0)))
+    return filler
+
+
+_TABLES_SIZE = ("SELECT sum(pg_total_relation_size(oid))::bigint FROM pg_class "
+                "WHERE relname LIKE 'kms_%' AND relkind = 'r'")
+
+
+def test_a_root_key_rotation_on_a_full_database_disk_says_what_it_did_and_leaves_a_root_key_that_opens_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rotation's VACUUM FULL runs after its commit, and needs room for a copy of the tables:
+    # refused for a full disk, the rotation said "could not extend file …: nothing was changed" (on two
+    # lines), and left root.key holding the old key, which no longer opened the store (serve refused to
+    # start). An operator told nothing changed could delete new.key, the one key that opens it. A
+    # write refused before the commit raised out of the command as a traceback.
+    monkeypatch.delenv(ROOT_KEY_ENV)  # serve makes <data-dir>/root.key, which the rotation replaces
+    data = tmp_path / "data"
+    new_key = tmp_path / "new.key"
+    new_key.write_bytes(os.urandom(32))
+    new_key.chmod(0o600)
+    with private_cluster(disk="64m") as cluster:
+        server = KeytrailServer(data, "--store", cluster.url(), dev_clock=False).start()
+        try:
+            kms = server.client("alice")
+            for _ in range(150):  # tables of a few MB, which the rewrite copies
+                key = kms.create_key(Description="".join(random.choices(string.ascii_letters, k=8000)))
+            blob = kms.encrypt(KeyId=key["KeyMetadata"]["KeyId"], Plaintext=b"sealed")["CiphertextBlob"]
+        finally:
+            assert server.stop() == 0
+        old_key = (data / "root.key").read_bytes()
+        tables = asyncio.run(fetch_value(cluster.url(), _TABLES_SIZE))
+
+        filler = filled(cluster.folder)  # no room for the rows resealed: refused before the commit
+        refused = _rotate(data, cluster.url(), new_key)
+        filler.unlink()
+        assert (data / "root.key").read_bytes() == old_key
+
+        filler = _leave_free(cluster.folder, tables * 6 // 10)  # room for the rows, not for the rewrite
+        unvacuumed = _rotate(data, cluster.url(), new_key)
+        filler.unlink()
+        assert (data / "root.key").read_bytes() == new_key.read_bytes()  # the key that opens the store
+
+        server.start()
+        try:
+            assert server.client("alice").decrypt(CiphertextBlob=blob)["Plaintext"] == b"sealed"
+        finally:
+            assert server.stop() == 0
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
+    [said] = refused.stderr.splitlines()
+    assert said.startswith("keytrail root-key rotate: the key store could not be resealed (") and (
+        "keep both root keys until it succeeds") in said, said
+    assert unvacuumed.returncode == 2 and "Traceback" not in unvacuumed.stderr, unvacuumed.stderr
+    assert f"{data / 'root.key'} now holds the new root key" in unvacuumed.stdout, unvacuumed.stdout
+    [said] = unvacuumed.stderr.splitlines()
+    assert "nothing was changed" not in said, said
+    assert "VACUUM FULL failed after the commit (could not extend file" in said and "run VACUUM FULL kms_" in said, said

@@ -48,10 +48,13 @@ class PostgresCluster:
         if result.returncode != 0:
             raise RuntimeError(f"{tool} {' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
 
-    def make(self) -> PostgresCluster:
-        if os.geteuid() == 0:
-            os.chown(self.folder, *_postgres_ids())
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+    def make(self, wal: Path | None = None) -> PostgresCluster:
+        """initdb; the write-ahead log in `wal` if given (another disk than the data's)."""
+        for folder in (self.folder, wal):
+            if folder is not None and os.geteuid() == 0:
+                os.chown(folder, *_postgres_ids())
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
+                  *(["--waldir", str(wal / "pg_wal")] if wal else []))
         return self
 
     def start(self) -> PostgresCluster:
@@ -80,7 +83,9 @@ def _postgres_ids() -> tuple[int, int]:
 def private_cluster(disk: str | None = None) -> Iterator[PostgresCluster]:
     """A server of the test's own, started, in a folder of its own under the system's temporary
     folder (pytest's are root's alone, where the postgres user may not go), on a tmpfs of `disk`
-    bytes ("64m") if given; stopped and removed on exit. Skips the test where PostgreSQL's server
+    bytes ("64m") if given, its write-ahead log kept off it, as production servers keep it on a
+    disk of its own (a full data disk then fails the writes, not the server); stopped and removed
+    on exit. Skips the test where PostgreSQL's server
     programs are not installed (or the small filesystem cannot be mounted)."""
     binaries = _binaries()
     if binaries is None:
@@ -90,11 +95,14 @@ def private_cluster(disk: str | None = None) -> Iterator[PostgresCluster]:
     try:
         with contextlib.ExitStack() as stack:
             folder = parent / "cluster"
+            wal = None
             if disk is None:
                 folder.mkdir()
             else:
                 stack.enter_context(small_filesystem(folder, disk))
-            cluster = PostgresCluster(binaries, folder, free_port()).make().start()
+                wal = parent / "wal"
+                wal.mkdir()
+            cluster = PostgresCluster(binaries, folder, free_port()).make(wal).start()
             try:
                 yield cluster
             finally:

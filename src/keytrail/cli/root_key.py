@@ -44,6 +44,8 @@ class _Rotated:
 
     resealed: int | None
     erased: bool = True  # a PostgreSQL store's tables rewritten (VACUUM FULL) in its transaction
+    # A PostgreSQL store's tables not rewritten after the commit: (why, the tables to VACUUM FULL).
+    unvacuumed: tuple[str, str] | None = None
 
 
 class _Resealable(Protocol):
@@ -72,8 +74,9 @@ def rotate(
     # The key stores and asyncpg load here, not with `keytrail root-key rotate --help` (commands.py).
     import asyncpg
 
-    from keytrail.kms import authentic_docs
+    from keytrail.kms import authentic_docs, postgres_connections
     from keytrail.kms.authentic_docs import DocumentRefused
+    from keytrail.kms.errors import KmsError
     from keytrail.kms.postgres_store import StoreBusy
 
     no_core_dumps()  # this process holds both root keys and every key's material
@@ -81,6 +84,8 @@ def rotate(
     # A row that does not verify is this command's one line of complaint (below), not also a log
     # line of the store that opened it.
     logging.getLogger(authentic_docs.__name__).setLevel(logging.CRITICAL)
+    # The key store's line for a database refusing the reseal is this command's line too (below).
+    logging.getLogger(postgres_connections.__name__).setLevel(logging.CRITICAL)
     try:
         _require_another_file(new_key, data_dir)
         _require_no_link(data_dir)
@@ -94,8 +99,14 @@ def rotate(
         # Not "delete it": the ledger (kms/store_ledger.py) holds the row's latest version.
         raise fail(f"{exc}: restore that row as keytrail last wrote it, or the whole key store, from a backup; "
                    "nothing was changed", COMMAND) from None
+    except KmsError as exc:  # the key store lost, timed out or refusing writes: maybe at the commit
+        why = " ".join(str(exc.__cause__ or exc.message or exc.code).split())  # the database's words, if any
+        raise fail(f"the key store could not be resealed ({why}): run the same command again "
+                   "once the database answers and has room: it reseals the store, or finishes a rotation whose commit "
+                   "went through; keep both root keys until it succeeds", COMMAND, code=1) from None
     except (OSError, asyncpg.PostgresError, ValueError) as exc:  # RootKeyUnusable is an OSError
-        reason = os_problem(exc) if isinstance(exc, OSError) and exc.strerror else str(exc)
+        # One line: PostgreSQL's errors carry their HINT on a line of their own.
+        reason = os_problem(exc) if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())
         raise fail(f"{reason}: nothing was changed", COMMAND) from None
     except sqlite3.Error as exc:  # a full disk: the transaction rolled back, or its flush failed after it
         raise fail(f"cannot write the key store ({exc}): make room and run the same command again to finish the "
@@ -112,6 +123,11 @@ def rotate(
         raise fail(f"the key store is sealed under the new root key, but {data_dir / 'root.key'} still holds the old "
                    f"one: cannot replace it ({os_problem(exc)}): make room and run the same command again",
                    COMMAND) from None
+    if rotated.unvacuumed is not None:  # the rotation itself is done, root.key replaced
+        reason, tables = rotated.unvacuumed
+        raise fail(f"the key store is sealed under the new root key, but its tables' files still hold the values "
+                   f"sealed under the old one, as dead rows: VACUUM FULL failed after the commit ({reason}): make room "
+                   f"for a copy of the tables and run VACUUM FULL {tables} as their owner", COMMAND)
     if not rotated.erased:  # the rotation itself is done: run again, it finds nothing to reseal and erases them
         raise fail("the key store is sealed under the new root key, but keys.db still holds the values sealed under "
                    "the old one: another process (a sqlite3 shell or .backup, keytrail analyze) kept a read of it "
@@ -162,7 +178,7 @@ def _new_secret(path: Path) -> bytes:
 async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> _Rotated:
     """Reseal the shared store at `url`, or else the data dir's keys.db, under `new`."""
     from keytrail.cli.key_store import store_url_problem
-    from keytrail.kms.postgres_store import PostgresStore
+    from keytrail.kms.postgres_store import PostgresStore, ResealedNotErased
 
     old = RootKey.load(data_dir, create=False)
     if url is not None:
@@ -170,7 +186,10 @@ async def _reseal(data_dir: Path, url: str | None, new: RootKey) -> _Rotated:
             raise _Refused("--new-key holds the current root key: make a new one with head -c 32 /dev/urandom > FILE")
         if problem := store_url_problem(url):
             raise _Refused(problem)
-        return _Rotated(await _reseal_store(lambda root: PostgresStore.connect(url, root), old, new))
+        try:
+            return _Rotated(await _reseal_store(lambda root: PostgresStore.connect(url, root), old, new))
+        except ResealedNotErased as exc:  # done: root.key is replaced all the same
+            return _Rotated(exc.resealed, erased=False, unvacuumed=(exc.reason, exc.tables))
     return await _reseal_local(data_dir, old, new)
 
 

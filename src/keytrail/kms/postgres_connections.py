@@ -128,8 +128,8 @@ class PostgresConnections:
             raise self._refused(exc) from None
         except asyncpg.InsufficientPrivilegeError as exc:
             raise self._denied(exc) from None
-        except _WRITES_REFUSED as exc:
-            raise self._write_refused(exc) from None
+        except _WRITES_REFUSED as exc:  # the cause kept: the database's words, for the health check's and a CLI's line
+            raise self._write_refused(exc) from exc
         except _OUT_OF_REACH as exc:
             if type(exc).__module__.startswith("keytrail"):  # keytrail's own OSErrors (LedgerMismatch): no outage
                 raise

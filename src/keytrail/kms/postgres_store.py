@@ -67,7 +67,7 @@ from keytrail.kms.store import Alias, Grant, GrantPosition, KeyPosition
 from keytrail.kms.store_ledger import LedgerMismatch
 from keytrail.kms.tampering import Tampering
 
-__all__ = ["DEFAULT_TIMEOUT", "OWED_GRACE_SECONDS", "PostgresStore", "StoreBusy"]
+__all__ = ["DEFAULT_TIMEOUT", "OWED_GRACE_SECONDS", "PostgresStore", "ResealedNotErased", "StoreBusy"]
 
 # Seconds a statement, a connection or a key's lock may take: well within a client's patience
 # (botocore reads for 60 s), so a stalled database gets a retryable answer, not a hung call.
@@ -129,6 +129,9 @@ _AFTER_GRANT = """(created COLLATE "C", grant_id COLLATE "C") > (COALESCE(
 _OTHER_CLIENTS = """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
     AND (backend_type = 'client backend' OR (backend_type IS NULL AND usename IS NOT NULL))
     AND pid <> pg_backend_pid()"""
+# How long the VACUUM FULL after a root key rotation may take: it rewrites every document table,
+# as long as their size takes (a large store's far over the calls' timeout, which cut it short).
+VACUUM_SECONDS = 3600.0
 # The document tables the role may not VACUUM: only their owner (or the database's) may, and
 # PostgreSQL skips the others with a warning, not an error.
 _NOT_VACUUMABLE = """SELECT array_agg(relname::text ORDER BY relname) FROM pg_class
@@ -146,6 +149,16 @@ def _storable(*names: str) -> bool:
 class StoreBusy(Exception):
     """The key store cannot be resealed now: other clients are connected, or the role cannot
     rewrite its tables."""
+
+
+class ResealedNotErased(Exception):
+    """The key store is resealed under the new root key (committed), but the VACUUM FULL after the
+    commit failed (no room for the tables' copies, a stop of the database): their files still hold
+    the values sealed under the old key, as dead rows, until the `tables` are vacuumed in full."""
+
+    def __init__(self, resealed: int, reason: str, tables: str) -> None:
+        super().__init__(reason)
+        self.resealed, self.reason, self.tables = resealed, reason, tables
 
 
 async def _refuse_unless_vacuumable(connection: Any) -> None:
@@ -543,7 +556,8 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
         (`keytrail root-key rotate`). DocumentRefused, changing nothing, if one does not verify, and
         LedgerMismatch if the rows are not the ledger's. StoreBusy while another client is
         connected: a node still running would go on sealing under the old key, and what it wrote
-        would open under neither."""
+        would open under neither. ResealedNotErased if the store is resealed but its tables' files
+        could not be rid of the old values: the caller must not take the rotation for undone."""
         async with self._connections.connection() as connection:
             async with connection.transaction():
                 await connection.execute(f"LOCK TABLE {_DOCUMENT_NAMES}, kms_ledger, kms_root_key IN EXCLUSIVE MODE")
@@ -556,7 +570,14 @@ class PostgresStore(PostgresOwedRecords, PostgresSealedRows, PostgresLastUse):
             self._verified_grants.clear()  # verified under the old root key
             # The old rows stay in the tables' files as dead tuples until a vacuum: rewrite the
             # files, so a copy of the database taken now gives the holder of the old key nothing.
-            await connection.execute(f"VACUUM FULL {_DOCUMENT_NAMES}")
+            # After the commit: its failure raised out as the rotation's ("nothing was changed"),
+            # and root.key was left holding the old key, which no longer opened the store.
+            try:
+                await connection.execute(f"VACUUM FULL {_DOCUMENT_NAMES}", timeout=VACUUM_SECONDS)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                reason = f"no answer within {VACUUM_SECONDS:g} s" if isinstance(exc, TimeoutError) else (
+                    " ".join(str(exc).split()) or type(exc).__name__)
+                raise ResealedNotErased(count, reason, _DOCUMENT_NAMES) from None
         return count
 
     async def check_ledger(self) -> bool:
