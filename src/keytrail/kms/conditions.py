@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "OPERATORS",
@@ -94,24 +94,36 @@ class Pattern:
 
     def runs(self, resolve: Resolve) -> _Runs | None:
         """The pattern as its runs between `*` wildcards, each a fixed-length escaped regex (`?` is
-        `.`); None when a variable has no value and no default."""
+        `.`); None when a variable has no value and no default. A case-sensitive pattern with a
+        variable and no `?` is matched as text instead (`_Text`): the variable's value may be a
+        whole request member, which compiled and cached as a regex cost 50 ms and 1.6 MB a value."""
         runs: list[str] = []
+        texts: list[str] = []  # the same runs as plain text, while they are plain text
         run: list[str] = []
+        raw: list[str] = []
         length = 0  # of the current run, in characters of the value
+        as_text, varied = not self.ignore_case, False
         for kind, body in self.parts:
             if kind == "any":
                 runs.append("".join(run))
-                run, length = [], 0
+                texts.append("".join(raw))
+                run, raw, length = [], [], 0
             elif kind == "one":
                 run.append(".")
                 length += 1
+                as_text = False
             else:
                 text = body if kind == "lit" else _variable_value(body, resolve)
                 if text is None:
                     return None
+                varied = varied or kind == "var"
                 run.append(re.escape(text))
+                raw.append(text)
                 length += len(text)
         runs.append("".join(run))
+        texts.append("".join(raw))
+        if as_text and varied:
+            return _runs_of(tuple(_Text(text) for text in texts), length)
         return _compiled(tuple(runs), length, self.ignore_case)
 
     def matches(self, value: str, resolve: Resolve) -> bool:
@@ -129,6 +141,52 @@ def _variable_value(body: str, resolve: Resolve) -> str | None:
     return _as_string(value)
 
 
+class _Found(Protocol):
+    """Where a run was found: a regex's match, or `_End`."""
+
+    def end(self) -> int: ...
+
+
+class _Run(Protocol):
+    """A fixed-length run of a pattern: a compiled regex, or `_Text`."""
+
+    def match(self, value: str, pos: int = ...) -> _Found | None: ...
+
+    def search(self, value: str, pos: int = ...) -> _Found | None: ...
+
+    def fullmatch(self, value: str, pos: int = ...) -> _Found | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    at: int
+
+    def end(self) -> int:
+        return self.at
+
+
+class _Text:
+    """A run of plain text matched with str methods as a compiled run is matched (`match`, `search`,
+    `fullmatch` from `pos`): no regex compiled nor cached for a policy variable's value, which a
+    caller sets (an encryption context value of 100,000 characters: 4,096 of them, cached as regexes
+    with their runs and in `re`'s own cache, held 6 GB)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def match(self, value: str, pos: int = 0) -> _End | None:
+        return _End(pos + len(self.text)) if value.startswith(self.text, pos) else None
+
+    def search(self, value: str, pos: int = 0) -> _End | None:
+        at = value.find(self.text, pos)
+        return None if at < 0 else _End(at + len(self.text))
+
+    def fullmatch(self, value: str, pos: int = 0) -> _End | None:
+        return self.match(value, pos) if len(value) - pos == len(self.text) else None
+
+
 class _Runs:
     """A wildcard pattern matched without backtracking: never one regex with `.*` in it, which
     backtracks O(n^k) times for k stars (a StringLike on a caller's encryption context value could
@@ -138,7 +196,7 @@ class _Runs:
 
     __slots__ = ("first", "last", "last_length", "middle")
 
-    def __init__(self, runs: tuple[re.Pattern[str], ...], last_length: int) -> None:
+    def __init__(self, runs: tuple[_Run, ...], last_length: int) -> None:
         self.first, *middle, self.last = runs
         self.middle = tuple(middle)
         self.last_length = last_length
@@ -167,10 +225,11 @@ class _Whole(_Runs):
 @lru_cache(maxsize=4096)
 def _compiled(runs: tuple[str, ...], last_length: int, ignore_case: bool) -> _Runs:
     flags = re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL
-    compiled = tuple(re.compile(run, flags) for run in runs)
-    if len(compiled) == 1:
-        return _Whole(compiled * 2, last_length)
-    return _Runs(compiled, last_length)
+    return _runs_of(tuple(re.compile(run, flags) for run in runs), last_length)
+
+
+def _runs_of(runs: tuple[_Run, ...], last_length: int) -> _Runs:
+    return _Whole(runs * 2, last_length) if len(runs) == 1 else _Runs(runs, last_length)
 
 
 def wildcard_match(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
