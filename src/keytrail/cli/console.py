@@ -304,7 +304,7 @@ def log_files_problem(paths: list[Path], option: str = "") -> str | None:
     prefix one level off, a sync not yet run, CloudTrail-Digest/ for CloudTrail/), where a run over
     nothing printed no alarm, an empty report or 0 records counted, and exited 0 as for a quiet
     period."""
-    from keytrail.transport.cloudtrail_logs import Held, held_log_files
+    from keytrail.transport.cloudtrail_logs import LOG_FILE_NAMES, Held, held_log_files
 
     if problem := missing_paths(paths, option):
         return problem
@@ -317,4 +317,4 @@ def log_files_problem(paths: list[Path], option: str = "") -> str | None:
     if held is Held.DIGESTS_ONLY:
         return (f"{lead}only CloudTrail digest files found under {named}{why}: digest files hold no records; "
                 "name the log files' folder (AWSLogs/<account>/CloudTrail/, not CloudTrail-Digest/)")
-    return f"{lead}no CloudTrail log files (.json, .json.gz) found under {named}{why}"
+    return f"{lead}no CloudTrail log files ({LOG_FILE_NAMES}) found under {named}{why}"

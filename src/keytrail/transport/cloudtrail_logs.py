@@ -43,8 +43,8 @@ from keytrail.shared_events import as_caller_copy
 from keytrail.transport.cloudtrail_records import normalized_record, record_problem, storable_together
 from keytrail.transport.json_stream import JsonStream, JsonSyntaxError, ValueTooLarge
 
-__all__ = ["Held", "LogFile", "LogFileProblem", "ReadReport", "collector_paused", "held_log_files", "is_digest",
-           "is_digest_name", "iter_cloudtrail_records", "iter_located_records", "iter_log_files",
+__all__ = ["LOG_FILE_NAMES", "Held", "LogFile", "LogFileProblem", "ReadReport", "collector_paused", "held_log_files",
+           "is_digest", "is_digest_name", "iter_cloudtrail_records", "iter_located_records", "iter_log_files",
            "read_log_file", "readable_records"]
 
 KMS_SOURCE = "kms.amazonaws.com"
@@ -166,6 +166,8 @@ def _is_log(path: Path) -> bool:
 
 
 _LOG_SUFFIXES = (".json", ".json.gz", ".jsonl", ".jsonl.gz", ".ndjson", ".ndjson.gz")
+#: The files `_is_log` reads in a folder, in the words of the line that finds none there.
+LOG_FILE_NAMES = ".json, .jsonl, .ndjson, gzipped or not, or CloudWatch Logs' or Firehose's objects"
 _EXPORT_NAME = re.compile(r"\d+\.gz")
 _FIREHOSE_NAME = re.compile(r"-\d+-\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d-[0-9A-Za-z-]+(\.gz)?$")
 

@@ -833,6 +833,10 @@ def test_audit_import_and_export_name_a_file_where_a_folder_belongs(tmp_path: Pa
                             "Not a directory", code=1)
 
 
+_NO_LOG_FILES = ("no CloudTrail log files (.json, .jsonl, .ndjson, gzipped or not, or CloudWatch Logs' or Firehose's "
+                 "objects) found under ")
+
+
 def test_audit_import_of_folders_holding_no_log_file_is_refused_and_makes_nothing(tmp_path: Path) -> None:
     # It said "imported 0 KMS records from 0 files; …; 0 problems" and exited 0, having made the data
     # dir and a new signed trail for nothing: the folder named was the wrong one.
@@ -840,7 +844,7 @@ def test_audit_import_of_folders_holding_no_log_file_is_refused_and_makes_nothin
     (tmp_path / "logs" / "README.txt").write_text("not a log")
     (tmp_path / "more").mkdir()
     result = _keytrail("audit", "import", tmp_path / "logs", tmp_path / "more", "--data-dir", tmp_path / "node")
-    line = _one_line_error(result, "keytrail audit: no CloudTrail log files (.json, .json.gz) found under ", code=1)
+    line = _one_line_error(result, f"keytrail audit: {_NO_LOG_FILES}", code=1)
     assert line.endswith(f" under {tmp_path / 'logs'}, {tmp_path / 'more'}\n"), line
     assert result.stdout == "" and not (tmp_path / "node").exists()
     _cloudtrail_gzip(tmp_path / "logs" / "2026" / "a.json.gz")  # one, deep down, is enough (300 copies of a record)
@@ -936,7 +940,7 @@ def test_every_reader_of_cloudtrail_files_refuses_a_folder_holding_none_and_writ
     arguments, prefix, code = _LOG_READERS[command]
     result = _keytrail(*arguments(tmp_path / "out"), tmp_path / "logs")
     line = _one_line_error(result, prefix, code)
-    assert line == f"{prefix}no CloudTrail log files (.json, .json.gz) found under {tmp_path / 'logs'}\n"
+    assert line == f"{prefix}{_NO_LOG_FILES}{tmp_path / 'logs'}\n"
     assert result.stdout == "" and not (tmp_path / "out").exists()
 
 
