@@ -3,7 +3,9 @@ sdist (as `python -m build` and a package index do), the wheel installed (not ed
 venv of its own and run from a directory that is not the checkout.
 
 The venv borrows this one's dependencies through a path file, so nothing is downloaded; the
-package itself comes from the wheel alone (a test checks which copy is imported).
+package itself comes from the wheel alone (a test checks which copy is imported). With
+KEYTRAIL_DEPENDENCY_FLOORS=1 another venv gets every dependency at the oldest version
+pyproject.toml accepts, from the package index, and its demo must give the same results.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ from __future__ import annotations
 import email.parser
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
 
 import keytrail
 
@@ -28,6 +34,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "keytrail"
 #: What an sdist is made of here: the build's input, and no checkout baggage (.venv, tests, bench).
+FLOORS = "KEYTRAIL_DEPENDENCY_FLOORS"
 SDIST_TOP = {"PKG-INFO", "pyproject.toml", "README.md", "LICENSE", "setup.cfg", "src"}
 
 
@@ -145,14 +152,76 @@ def test_the_installed_copy_is_the_wheels(installed: Path, elsewhere: Path) -> N
     assert Path(found.stdout.strip()).is_relative_to(installed.parent), found.stdout + found.stderr
 
 
+def _demo(bin_dir: Path, cwd: Path) -> dict[str, Any]:
+    """`keytrail demo --format json` of the keytrail in `bin_dir`, run in `cwd`, its data there."""
+    demo = _run(bin_dir / "keytrail", "demo", "--data-dir", cwd / "demo-data", "--format", "json", cwd=cwd)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(demo.stdout)
+    return summary
+
+
 def test_the_installed_demo_runs_from_another_directory(installed: Path, elsewhere: Path) -> None:
     """The demo starts `keytrail serve`, drives it with boto3, counts with the consumers, raises
     the detector's alarms and writes the HTML report: every file the package reads at run time."""
     data_dir = elsewhere / "demo-data"
-    demo = _run(installed / "keytrail", "demo", "--data-dir", data_dir, "--format", "json", cwd=elsewhere)
-    assert demo.returncode == 0, demo.stderr[-3000:]
-    summary = json.loads(demo.stdout)
+    summary = _demo(installed, elsewhere)
     assert {alarm["rule"] for alarm in summary["alarms"]} >= {"unauthorized-decrypt", "unused-key"}
     assert Path(summary["report"]).stat().st_size > 0
     verified = _run(installed / "keytrail", "audit", "verify", "--data-dir", data_dir, cwd=elsewhere)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def dependency_floors() -> list[str]:
+    """`name==V` for each dependency's `>=V` in pyproject.toml (this platform's): the oldest
+    versions a user's environment may hold and keytrail must run on."""
+    pins = []
+    for line in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        requirement = Requirement(line)
+        if requirement.marker is None or requirement.marker.evaluate():
+            [floor] = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+            pins.append(f"{requirement.name}=={floor}")
+    return pins
+
+
+def _comparable(summary: dict[str, Any]) -> Any:
+    """The demo's summary less what differs from run to run: key ids (named by alias), times,
+    paths and port, and the order of rows (by key ARN, which is random)."""
+    text = json.dumps({k: v for k, v in summary.items() if k not in ("dataDir", "endpoint", "report")})
+    for alias, arn in summary["keys"].items():
+        text = text.replace(arn, f"alias/{alias}")
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z?", "TIME", text)
+
+    def rows_sorted(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: rows_sorted(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return sorted((rows_sorted(v) for v in value), key=lambda row: json.dumps(row, sort_keys=True))
+        return value
+
+    return rows_sorted(json.loads(text))
+
+
+def test_every_dependency_has_a_floor_to_try() -> None:
+    """Each dependency names its oldest version (`>=`), which the test below installs."""
+    floors = dependency_floors()
+    assert len(floors) >= 15 and all(re.fullmatch(r"[\w.-]+==[\w.]+", pin) for pin in floors), floors
+
+
+@pytest.mark.skipif(not os.environ.get(FLOORS), reason=f"{FLOORS}=1: installs the oldest dependencies accepted "
+                    "from the package index (a few minutes)")
+def test_the_oldest_dependencies_accepted_give_the_demo_the_same_results(wheel: Path, installed: Path,
+                                                                         tmp_path: Path) -> None:
+    """A floor below what the code uses passed pip and failed at run time: typer>=0.12 let keytrail
+    start on a typer without the `typer._click` it imports (no command ran); python-pkcs11>=0.7 a
+    serve that failed importing GCMParams; polars>=1.0 a consumer that failed on every batch (1.20
+    read account ids as event times)."""
+    venv = tmp_path / "floors"
+    assert _run(sys.executable, "-m", "venv", venv).returncode == 0
+    constraints = tmp_path / "floors.txt"
+    constraints.write_text("\n".join(dependency_floors()) + "\n")
+    pip = _run(venv / "bin" / "python", "-m", "pip", "install", "-q", "--prefer-binary", "-c", constraints, wheel,
+               timeout=1200)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    (tmp_path / "now").mkdir()
+    (tmp_path / "oldest").mkdir()
+    assert _comparable(_demo(venv / "bin", tmp_path / "oldest")) == _comparable(_demo(installed, tmp_path / "now"))
