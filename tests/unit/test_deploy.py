@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -318,6 +319,16 @@ def test_mounted_files_exist_in_the_repository() -> None:
             if source.startswith("./"):
                 assert (ROOT / source).exists(), f"{name} mounts missing {source}"
     assert (ROOT / "deploy/Dockerfile").is_file()
+
+
+def test_the_image_copies_every_file_the_package_build_reads() -> None:
+    """pyproject.toml's readme and license-files, the sources and the schemas src/keytrail/schemas
+    links to: a file the COPY lines leave out is missing from the image's keytrail (setuptools
+    only warns of a license file it does not find: the image had no License text)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    copied = {source for line in re.findall(r"^COPY (.+)$", (ROOT / "deploy/Dockerfile").read_text(), flags=re.M)
+              for source in line.split()[:-1]}
+    assert sorted({"pyproject.toml", project["readme"], *project["license-files"], "src", "schemas"} - copied) == []
 
 
 ROOT_KEY_SETUP = ("docs/getting-started.md", "deploy/secrets/README.md", "docker-compose.yml")
