@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Protocol
 
 __all__ = [
-    "DEV_CLOCK_FILE", "Clock", "ManualClock", "SystemClock", "WallClockSteps", "as_utc", "data_dir_now",
+    "DEV_CLOCK_FILE", "STEP_HOLD_SECONDS", "Clock", "ForwardStepHold", "ManualClock", "SystemClock", "WallClockSteps",
+    "as_utc", "data_dir_now",
     "dev_clock_ahead", "running_seconds", "shifted", "utc_now",
 ]
 
@@ -54,6 +55,48 @@ class WallClockSteps:
         passed = running - last[1]
         stepped = (wall - last[0]) - passed
         return (stepped if abs(stepped) >= self._threshold else 0.0), passed
+
+
+#: How long (running time) irreversible work that only a step ahead of the wall clock made due is held.
+STEP_HOLD_SECONDS = 3600.0
+
+
+class ForwardStepHold:
+    """How far back to judge irreversible work (a key's deletion, imported material's expiry) from
+    the node's now: by the steps ahead of the wall clock seen in the last `grace` seconds of running
+    time (`running_seconds`), less any step back since. A clock stepped days ahead by mistake (a VM
+    restored with a wrong RTC, a bad NTP source) otherwise deleted at once the keys whose waiting
+    period it jumped over, for good. Time that really passes moves the judged time on as it moves
+    the clock, so what falls due by it is never held; after `grace`, or once the clock is set back,
+    nothing is. Reads the wall clock itself, not a `Clock`: `serve --dev-clock` advances are the
+    clock moving on purpose and are not held."""
+
+    def __init__(self, grace: float = STEP_HOLD_SECONDS, threshold: float = 60.0,
+                 wall: Callable[[], float] = time.time, running: Callable[[], float] = running_seconds) -> None:
+        self._steps = WallClockSteps(threshold, wall, running)
+        self._running, self._grace, self._threshold = running, grace, threshold
+        self._ahead, self._until = 0.0, 0.0
+        self.set_back = False  # whether the last hold ended by a step back, not by its grace running out
+        self._steps.step()
+
+    def ahead(self) -> float:
+        """Seconds to take off the node's now for irreversible work (0: none held)."""
+        stepped, _ = self._steps.step()
+        running = self._running()
+        if stepped > 0:
+            self._ahead += stepped
+            self._until = running + self._grace
+        elif stepped < 0 and self._ahead:
+            left = self._ahead + stepped  # what is left under a step's size is a clock set right
+            self._ahead = left if left >= self._threshold else 0.0
+            self.set_back = not self._ahead
+        if running >= self._until and self._ahead:
+            self._ahead, self.set_back = 0.0, False
+        return self._ahead
+
+    def left(self) -> float:
+        """Seconds of running time until the hold ends (0: none held)."""
+        return max(0.0, self._until - self._running()) if self._ahead else 0.0
 
 
 def as_utc(moment: datetime) -> datetime:

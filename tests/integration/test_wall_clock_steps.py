@@ -4,7 +4,9 @@ as they happened."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -17,6 +19,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from keytrail.kms.sealing import ROOT_KEY_ENV
+from tests.support.postgres import database_url, scratch_database
 from tests.support.server import KeytrailServer
 from tests.support.waits import eventually_blocking
 from tests.support.wall_clock import SteppedWallClock
@@ -126,3 +130,60 @@ def test_serve_says_in_one_line_when_its_wall_clock_steps(stepped_node: tuple[Ke
     eventually_blocking(lambda: "WARNING keytrail: the wall clock stepped 48.0 h back (" in server.log.read_text(),
                         what="the line of the step back", timeout=30)
     assert server.log.read_text().count("the wall clock stepped") == 2  # once each, not at each run of the scheduler
+
+
+def test_deletions_due_only_by_a_step_ahead_are_held_until_the_clock_is_set_right(
+        stepped_node: tuple[KeytrailServer, _Minutes]) -> None:
+    """A key scheduled for deletion 7 days out, the node's clock stepped 8 days ahead (a VM restored
+    with a wrong RTC, NTP given a bad source): the scheduler deleted the key at its next tick, for
+    good, though its waiting period was not over. It is now held (PendingDeletion, to DescribeKey
+    too) for the grace period, in one line saying so; setting the clock right releases the hold and
+    leaves the key waiting for its own date."""
+    server, minutes = stepped_node
+    kms = _kms(server)
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)
+    minutes.at(8 * 1440)
+    eventually_blocking(lambda: "WARNING keytrail: the wall clock stepped 192.0 h ahead (" in server.log.read_text(),
+                        what="the line of the step ahead", timeout=30)
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    eventually_blocking(lambda: "fell due only by the wall clock's step" in server.log.read_text(),
+                        what="the line of the held deletion", timeout=30)
+    log = server.log.read_text()
+    assert log.count("fell due only by the wall clock's step") == 1, log  # once, not at each tick
+    assert key in log.split("fell due only by the wall clock's step")[1].splitlines()[0]
+    minutes.at(0)  # the clock set right
+    eventually_blocking(lambda: "the wall clock went back" in server.log.read_text(),
+                        what="the line of the hold released", timeout=30)
+    metadata = kms.describe_key(KeyId=key)["KeyMetadata"]
+    assert metadata["KeyState"] == "PendingDeletion"
+    assert "DeleteKey" not in server.log.read_text()
+
+
+def test_a_node_holding_a_deletion_after_its_step_leaves_the_key_to_a_node_whose_clock_is_right(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two nodes on one PostgreSQL key store, only A's clock stepped 8 days ahead: A holds the
+    deletion, B (which saw no step) shows the key waiting for its own date and can cancel it."""
+    monkeypatch.setenv(ROOT_KEY_ENV, base64.b64encode(os.urandom(32)).decode())
+    clock = SteppedWallClock(tmp_path)
+    with scratch_database() as name:
+        url = database_url(name)
+        right = KeytrailServer(tmp_path / "b", "--store", url, dev_clock=False).start()
+        stepped = KeytrailServer(tmp_path / "a", "--store", url, "--dev-credentials", "--scheduler-interval", "1",
+                                 dev_clock=False)
+        with clock.preloaded(monkeypatch):
+            stepped.start()
+        try:
+            kms, steady = _kms(stepped), right.client()
+            key = steady.create_key()["KeyMetadata"]["KeyId"]
+            date = steady.schedule_key_deletion(KeyId=key, PendingWindowInDays=7)["DeletionDate"]
+            clock.step_to(8 * 86400)
+            eventually_blocking(lambda: "fell due only by the wall clock's step" in stepped.log.read_text(),
+                                what="the line of the held deletion", timeout=30)
+            assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+            assert steady.describe_key(KeyId=key)["KeyMetadata"]["DeletionDate"] == date
+            steady.cancel_key_deletion(KeyId=key)
+            assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "Disabled"
+        finally:
+            assert stepped.stop() == 0
+            assert right.stop() == 0

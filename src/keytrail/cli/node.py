@@ -39,7 +39,16 @@ from keytrail.cli.metrics_endpoint import render_alarm_counts, render_detector_l
 from keytrail.cli.settings_reload import SettingsReload
 from keytrail.cli.sidecar import consumer_lock, detector_lock, sidecars, try_lock
 from keytrail.cli.tail import detect_live, judged_up_to
-from keytrail.clock import DEV_CLOCK_FILE, Clock, ManualClock, SystemClock, WallClockSteps, dev_clock_ahead, utc_now
+from keytrail.clock import (
+    DEV_CLOCK_FILE,
+    STEP_HOLD_SECONDS,
+    Clock,
+    ManualClock,
+    SystemClock,
+    WallClockSteps,
+    dev_clock_ahead,
+    utc_now,
+)
 from keytrail.config import ServeSettings
 from keytrail.detect.alarm_tally import AlarmTally
 from keytrail.detect.alarms import Alarm
@@ -913,16 +922,17 @@ async def _scheduler(node: Node) -> None:
 
 
 def _say_wall_clock_step(stepped: float, passed: float) -> None:
-    """One line when the wall clock stepped: deletions, rotations and expiries fall due, and calls
-    are dated, by it, so a node that deleted keys, or logged calls dated before those already
-    logged, after an NTP step or a date set by hand said nothing of why."""
+    """One line when the wall clock stepped: rotations fall due, and calls are dated, by it (deletions
+    and expiries after a hold, kms/due_work.py), so a node that rotated keys, or logged calls dated
+    before those already logged, after an NTP step or a date set by hand said nothing of why."""
     if not stepped:
         return
     how = (f"the wall clock stepped {duration(round(abs(stepped)))} {'ahead' if stepped > 0 else 'back'} "
            f"({duration(round(passed))} passed by a clock no step moves)")
     if stepped > 0:
-        log.warning("%s: deletions, rotations and expiries due by the new time are carried out, and calls are dated "
-                    "by it", how)
+        log.warning("%s: rotations due by the new time are carried out, deletions and expiries of imported material "
+                    "it alone made due are held for %g h (a line names them), and calls are dated by it", how,
+                    STEP_HOLD_SECONDS / 3600)
     else:
         log.warning("%s: calls are dated before those already logged until it is past them again", how)
 

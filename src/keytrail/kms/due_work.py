@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from datetime import datetime, timedelta
 
+from keytrail.clock import ForwardStepHold
 from keytrail.kms import errors
 from keytrail.kms.model import AuditUnavailable
 
-__all__ = ["DueWork", "DueWorkFailures"]
+__all__ = ["DueWork", "DueWorkFailures", "HeldWork"]
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +57,59 @@ class DueWork:
         self.key_failures = DueWorkFailures()
         self.owed_failures = DueWorkFailures("audit records owed by changes", "record(s)")
         self.tick_work_failure: str | None = None
+        self.held = HeldWork()
+
+
+class HeldWork:
+    """The keys whose deletion, or imported material's expiry, only a step ahead of the wall clock
+    made due (`clock.ForwardStepHold`), held and not carried out, and the lines that say so: once
+    for the keys a hold newly keeps (at the tick after it found them, by a tick or a call), once
+    when it ends."""
+
+    def __init__(self, hold: ForwardStepHold | None = None) -> None:
+        self.hold = hold or ForwardStepHold()
+        self._found: dict[str, str] = {}  # ARN → what is held, not yet said
+        self._said: set[str] = set()
+        self._ahead = 0.0
+
+    def judged_at(self, now: datetime) -> datetime:
+        """The time irreversible work is judged by: `now` less the steps ahead held."""
+        return now - timedelta(seconds=self.check())
+
+    def check(self) -> float:
+        """The seconds held (`ForwardStepHold.ahead`), saying once that a hold ended (each tick
+        asks: the keys it held may be due by no clock any more, the clock set back)."""
+        ahead = self.hold.ahead()
+        if not ahead and self._said:
+            self._say_ended()
+        self._ahead = ahead
+        return ahead
+
+    def found(self, arn: str, what: str) -> None:
+        """`arn`'s `what` (its deletion, its material's expiry) is due by `now` but not by `judged_at`."""
+        if arn not in self._said:
+            self._found[arn] = what
+
+    def say(self) -> None:
+        """One line for the keys held since the last, what they wait for and how to release them."""
+        if not self._found or not self._ahead:
+            self._found.clear()
+            return
+        named = ", ".join(f"{arn} ({what})" for arn, what in list(self._found.items())[:10])
+        more = f" and {len(self._found) - 10} more" if len(self._found) > 10 else ""
+        log.warning("%d key(s) not deleted or expired, which fell due only by the wall clock's step %.1f h ahead, "
+                    "held for the next %.1f h of running time: %s%s. If the clock is wrong, set it right: they "
+                    "then fall due at their own dates; if the new time is right, they are carried out when the "
+                    "hold ends", len(self._found), self._ahead / 3600, self.hold.left() / 3600, named, more)
+        self._said |= set(self._found)
+        self._found.clear()
+
+    def _say_ended(self) -> None:
+        if self.hold.set_back:
+            log.warning("the wall clock went back: the %d key(s) held since its step ahead fall due at their own "
+                        "dates again", len(self._said))
+        else:
+            log.warning("the hold on the wall clock's step ahead is over: the %d key(s) it held are deleted or "
+                        "expired now (the new time is taken as the right one)", len(self._said))
+        self._said.clear()
+        self._found.clear()

@@ -33,6 +33,9 @@ async def apply_due(svc: KmsService, key: Key) -> Key | None:
     now = svc.clock.now()
     if not _is_due(key, now):
         return key
+    # Deletion and expiry cannot be undone: judged by the clock less a step ahead just seen, so
+    # that a clock set days ahead by mistake does not delete keys for good (kms/due_work.py).
+    judged = svc.due_work.held.judged_at(now)
     if svc.audit_refuses():  # made now, the change would stand without its RotateKey or DeleteKey event
         raise errors.KMSInternalException(
             f"The audit spool cannot persist events: what is due for {key.arn} waits until it can.")
@@ -42,12 +45,13 @@ async def apply_due(svc: KmsService, key: Key) -> Key | None:
         current = await svc.store.get_key(key.account, key.region, key.key_id)
         if current is None:
             return None
-        if (deletion_date := _deletion_due(current, now)) is not None:
-            await _delete_due(svc, current, deletion_date)
+        if (deletion_date := _deletion_due(current, judged)) is not None:
+            await _delete_due(svc, current, deletion_date, judged)
             return None
         current = await service_events.record_owed(svc, current)  # a change of an earlier tick or call
-        if material_expired(current, now):
-            current = await expire_material(svc, current)
+        if material_expired(current, judged):
+            current = await expire_material(svc, current, judged)
+        _note_held(svc, current, now)
         if current.state is KeyState.CREATING:
             current = await multiregion.activate_replica(svc, current)
         from keytrail.kms.rotation import rotate_key
@@ -57,6 +61,15 @@ async def apply_due(svc: KmsService, key: Key) -> Key | None:
         while _rotation_due(current, now):
             current = await rotate_key(svc, current, "AUTOMATIC", current.next_rotation_date)
         return current
+
+
+def _note_held(svc: KmsService, key: Key, now: datetime) -> None:
+    """Tell the hold of `key`'s deletion or expiry due by `now` but left, judged by the time less the
+    step ahead held."""
+    if _deletion_due(key, now) is not None:
+        svc.due_work.held.found(key.arn, "deletion")
+    elif material_expired(key, now):
+        svc.due_work.held.found(key.arn, "expiry of imported material")
 
 
 async def _expire_before(svc: KmsService, key: Key, deletion_date: datetime) -> Key:
@@ -70,7 +83,7 @@ async def _expire_before(svc: KmsService, key: Key, deletion_date: datetime) -> 
     return await expire_material(svc, key, deletion_date)
 
 
-async def _delete_due(svc: KmsService, key: Key, deletion_date: datetime) -> None:
+async def _delete_due(svc: KmsService, key: Key, deletion_date: datetime, judged: datetime) -> None:
     """Delete `key`, its waiting period over, after expiring the material that expired while it
     waited (`_expire_before`). Its `DeleteKey` event (done when the period ended, however late the
     tick that notices it) is written on the key first and recorded before the row goes: a refused
@@ -88,19 +101,19 @@ async def _delete_due(svc: KmsService, key: Key, deletion_date: datetime) -> Non
     delete = svc.origin_deleters.get(key.origin)
     if delete is not None:  # after the row: a delete that fails leaves the key whole for the next tick
         await delete(svc, key)
-    await _delete_copies_now_due(svc, changed)
+    await _delete_copies_now_due(svc, changed, judged)
 
 
-async def _delete_copies_now_due(svc: KmsService, changed: list[Key]) -> None:
+async def _delete_copies_now_due(svc: KmsService, changed: list[Key], judged: datetime) -> None:
     """Delete a primary this replica's deletion has just moved to PendingDeletion if its own waiting
     period, counted from that replica's deletion date, is over as well (a tick long after both dates:
     a node that was down, a dev clock moved ahead). Left to the next tick, it stayed listed and its
-    DeleteKey unrecorded after a dev-clock advance had answered. The copies share the lock held here."""
-    now = svc.clock.now()
+    DeleteKey unrecorded after a dev-clock advance had answered. The copies share the lock held here.
+    `judged`: the time the deletion that changed them was judged by (`apply_due`)."""
     for copy in changed:
         current = await svc.store.get_key(copy.account, copy.region, copy.key_id)
-        if current is not None and (deletion_date := _deletion_due(current, now)) is not None:
-            await _delete_due(svc, current, deletion_date)
+        if current is not None and (deletion_date := _deletion_due(current, judged)) is not None:
+            await _delete_due(svc, current, deletion_date, judged)
 
 
 async def run_due(svc: KmsService) -> None:
@@ -108,6 +121,7 @@ async def run_due(svc: KmsService) -> None:
     still owed by calls' changes, then `tick_work`. A key whose due work fails (its audit record
     refused, a store write failed) is left for the next tick, and so is an owed record the spool
     refuses, logged when those left over or the reasons change; the ones after it still run."""
+    svc.due_work.held.check()
     failed: list[tuple[str, Exception]] = []
     cached = cached_secrets()  # before the keys are read: a key made meanwhile is not among them
     keys = await svc.store.all_keys()
@@ -117,6 +131,7 @@ async def run_due(svc: KmsService) -> None:
         except Exception as exc:
             failed.append((key.arn, exc))
     forget_unheld(cached, keys)  # material another node sharing the store deleted
+    svc.due_work.held.say()
     svc.due_work.key_failures.tick(failed)
     svc.due_work.owed_failures.tick(await owed_calls.record_owed(svc))
     await _run_tick_work(svc)

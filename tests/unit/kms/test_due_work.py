@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from keytrail.clock import ManualClock
+from keytrail.clock import ForwardStepHold, ManualClock
 from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
 from keytrail.kms.context import CallContext, IdentityType, Principal
+from keytrail.kms.due_work import HeldWork
 from keytrail.kms.errors import KMSInternalException, NotFoundException
 from keytrail.kms.model import AuditUnavailable, CallRecord
 from keytrail.kms.sealing import RootKey
@@ -329,3 +330,94 @@ async def test_a_key_another_node_began_deleting_is_deleted_by_a_node_whose_cloc
     assert await store.all_keys() == []
     await behind.run_due()
     assert [name for name, _ in spool.events].count("DeleteKey") == 1
+
+
+class _SteppedNode:
+    """A service whose clock and wall clock move together as real time passes (`passes`) or as the
+    wall clock steps (`steps`); the dev clock (`ManualClock.advance` alone) moves no wall clock."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.spool, self.clock = _Spool(), ManualClock()
+        self.wall, self.running = 1_800_000_000.0, 100.0
+        self.service = KmsService(ServiceDeps(store=SqliteStore(tmp_path / "keys.db", RootKey(os.urandom(32))),
+                                              clock=self.clock, audit=self.spool, authorizer=self.spool))
+        self.service.due_work.held = HeldWork(ForwardStepHold(wall=lambda: self.wall, running=lambda: self.running))
+
+    def passes(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.wall += seconds
+        self.running += seconds
+
+    def steps(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+        self.wall += seconds
+
+    def done(self, arn: str) -> list[str]:
+        return [name for name, resources in self.spool.events
+                if resources == (arn,) and name in ("DeleteExpiredKeyMaterial", "DeleteKey")]
+
+
+async def test_deletions_and_expiries_due_only_by_a_step_ahead_are_held_and_those_due_by_time_passing_are_not(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A wall clock stepped 2 days ahead (a VM restored with a wrong RTC) had the next tick delete the
+    # keys and expire the material whose dates it jumped over, for good.
+    node = _SteppedNode(tmp_path)
+    service = node.service
+
+    async def scheduled(**extra: object) -> str:
+        arn = str((await service.execute("CreateKey", _context(), extra))["KeyMetadata"]["Arn"])
+        await service.execute("ScheduleKeyDeletion", _context(), {"KeyId": arn, "PendingWindowInDays": 7})
+        return arn
+
+    due_first = await scheduled()
+    node.passes(1800)
+    due_later = await scheduled()  # its date half an hour after the first's
+    expiring = str((await service.execute("CreateKey", _context(), {"Origin": "EXTERNAL"}))["KeyMetadata"]["Arn"])
+    await _import(service, _context(), expiring, os.urandom(32), node.clock.now() + timedelta(days=8))
+    node.passes(7 * DAY - 1800)
+    node.steps(2 * DAY)
+
+    async def ticks() -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="keytrail"):
+            await service.run_due()
+            await service.run_due()
+        return [record.getMessage() for record in caplog.records]
+
+    [held] = await ticks()
+    assert node.done(due_first) == ["DeleteKey"]  # due by the time that passed
+    assert node.done(due_later) == [] and node.done(expiring) == []
+    assert held.startswith("2 key(s) not deleted or expired, which fell due only by the wall clock's step 48.0 h "
+                           "ahead, held for the next 1.0 h of running time: ")
+    assert f"{due_later} (deletion), {expiring} (expiry of imported material)" in held
+    meta = (await service.execute("DescribeKey", _context(), {"KeyId": due_later}))["KeyMetadata"]
+    assert meta["KeyState"] == "PendingDeletion"  # a call finding the key holds it too
+    node.passes(1800)  # its date by the time that really passed: not held
+    assert await ticks() == []
+    assert node.done(due_later) == ["DeleteKey"] and node.done(expiring) == []
+    node.passes(1800)  # the hold's hour is over: the new time is taken as the right one
+    assert await ticks() == ["the hold on the wall clock's step ahead is over: the 2 key(s) it held are deleted "
+                             "or expired now (the new time is taken as the right one)"]
+    assert node.done(expiring) == ["DeleteExpiredKeyMaterial"]
+
+
+async def test_a_clock_set_back_releases_the_hold_and_a_dev_clock_advance_is_never_held(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    node = _SteppedNode(tmp_path)
+    service = node.service
+    arn = str((await service.execute("CreateKey", _context(), {}))["KeyMetadata"]["Arn"])
+    await service.execute("ScheduleKeyDeletion", _context(), {"KeyId": arn, "PendingWindowInDays": 7})
+    node.steps(8 * DAY)
+    await service.run_due()
+    node.wall -= 8 * DAY  # the clock set right, the node's own with it
+    node.clock = ManualClock(node.clock.now() - timedelta(days=8))
+    service.clock = node.clock
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="keytrail"):
+        await service.run_due()
+    assert [record.getMessage() for record in caplog.records] == [
+        "the wall clock went back: the 1 key(s) held since its step ahead fall due at their own dates again"]
+    assert node.done(arn) == []
+    node.clock.advance(8 * DAY)  # `serve --dev-clock`'s advance: the test clock moving on purpose
+    await service.run_due()
+    assert node.done(arn) == ["DeleteKey"]
