@@ -275,3 +275,32 @@ def test_a_file_packed_otherwise_than_gzip_is_named_as_such(tmp_path: Path) -> N
     assert list(iter_cloudtrail_records([*packs, EXAMPLES], report=report)) == _kms(_examples())
     assert report.problems == [f"{path}: {kind}, not JSON text or gzip: unpack it first"
                                for path, kind in packs.items()]
+
+
+def _read(path: Path) -> tuple[list[str], ReadReport]:
+    report = ReadReport()
+    ids = [record["eventID"] for record in iter_cloudtrail_records([path], report=report)]
+    return ids, report
+
+
+@pytest.mark.parametrize("piece", [cloudtrail_logs._READ_CHUNK, 7])
+@pytest.mark.parametrize("damage", ["byte not UTF-8", "gzip then other bytes"])
+def test_the_records_before_damage_in_the_bytes_are_read_whatever_piece_it_falls_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int, damage: str) -> None:
+    # A byte that is no UTF-8, or bytes after the last gzip member that are no gzip (a download
+    # padded or appended to), lost every record of the 1 MiB piece it fell in: a file under 1 MiB
+    # gave none ('imported 0 KMS records'), one of 7 MiB lost up to 1 MiB before the damage.
+    monkeypatch.setattr(cloudtrail_logs, "_READ_CHUNK", piece)
+    kms = _kms(_examples())
+    text = "".join(json.dumps(r) + "\n" for r in kms[:3]).encode()
+    path = tmp_path / "records.jsonl.gz"
+    if damage == "byte not UTF-8":
+        path.write_bytes(gzip.compress(text + b"\xb0\n" + text))
+        said = f"{path}: line 4: not UTF-8 (byte 0xb0 at position {len(text)}: invalid start byte)"
+    else:
+        path.write_bytes(gzip.compress(text) + b"<html>")
+        said = f"{path}: cannot read: Not a gzipped file (b'<h')"
+    ids, report = _read(path)
+    assert ids == [r["eventID"] for r in kms[:3]]
+    assert report.problems == [said]
+    assert (report.records, report.partly_read) == (3, 1)

@@ -215,3 +215,21 @@ def test_a_document_after_another_is_entered_afresh(size: int) -> None:
         assert stream.begin_object()
         documents.append({key: stream.value() for key in iter(stream.next_key, None)})
     assert documents == [{"a": 1, "b": 2}, {"c": 3}]
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 64])
+def test_values_the_pieces_before_a_failing_one_complete_are_read_before_its_failure(size: int) -> None:
+    # The pieces read to complete a value were dropped when the next one raised (a byte that is no
+    # UTF-8, a gzip member damaged): the last values before the damage were lost.
+    text = '{"a": 1}\n{"b": [2, "x"]}\n'
+
+    def pieces() -> Iterator[str]:
+        yield from _pieces(text, size)
+        raise OSError("damaged")
+
+    stream = JsonStream(pieces(), decoder=json.JSONDecoder(), max_value=1 << 20)
+    values: list[Any] = []
+    with pytest.raises(OSError, match="damaged"):
+        stream.add_values(values, 10)
+    assert values == [{"a": 1}, {"b": [2, "x"]}]
+

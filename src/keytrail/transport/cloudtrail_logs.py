@@ -349,9 +349,13 @@ class LogFile:
                 if reader.peek(2)[:2] == _GZIP_MAGIC:
                     reader = gzip.GzipFile(fileobj=reader, mode="rb")  # its .mode is no text
             decoder = _Utf8(self.path)
-            for data in _pieces(reader):
-                yield decoder.decode(data)
-            yield decoder.decode(b"", final=True)
+            try:
+                for data in _pieces(reader):
+                    yield decoder.decode(data)
+                yield decoder.decode(b"", final=True)
+            except _NotUtf8 as exc:
+                yield exc.text_before  # the records before the byte are read, whatever piece it is in
+                raise
 
     def _records(self, stream: JsonStream) -> Iterator[Any]:
         """The items of the "Records" array `stream` entered, as they are parsed (`_batches`)."""
@@ -447,7 +451,23 @@ def _stamps_blanked(pieces: Iterator[str]) -> Iterator[str]:
     (`<ISO time> <message>`: CreateExportTask writes each log event so), every line's time is
     blanked out (spaces, so that json's lines and columns stay the file's): what is left is the
     messages, a trail's records, one per line. Any other text is handed on as it is."""
-    pieces = iter(pieces)
+    failure: list[Exception] = []
+    pieces = _until_failure(pieces, failure)
+    yield from _blanked(pieces)
+    if failure:  # after the text before it, blanked too: its last line is not held back and lost
+        raise failure[0]
+
+
+def _until_failure(pieces: Iterator[str], failure: list[Exception]) -> Iterator[str]:
+    """`pieces` until one cannot be read, what stopped them then put in `failure`."""
+    try:
+        yield from pieces
+    except Exception as exc:
+        failure.append(exc)
+
+
+def _blanked(pieces: Iterator[str]) -> Iterator[str]:
+    """`_stamps_blanked`, of pieces that end without failing."""
     head = ""
     while len(head) < _STAMP_ROOM and (piece := next(pieces, None)) is not None:
         head += piece
@@ -482,7 +502,9 @@ def _blanks(match: re.Match[str]) -> str:
 def _pieces(reader: io.BufferedIOBase) -> Iterator[bytes]:
     """The bytes of `reader`, _READ_CHUNK at a time; of a gzip file cut short, those before the cut
     too, before its EOFError: `read(_READ_CHUNK)` dropped the piece it was filling, so the records
-    before the cut (all of them, in a file under 1 MiB gunzipped) were never read. Gathered from
+    before the cut (all of them, in a file under 1 MiB gunzipped) were never read. Likewise before
+    a zlib.error or an OSError (bytes after the last gzip member that are no gzip: BadGzipFile,
+    though gzip -d reads the file, calling them trailing garbage). Gathered from
     `read1`'s pieces (a gzip file gives about 100 KB each), as the parse costs less in larger ones."""
     pieces: list[bytes] = []
     size = 0
@@ -493,7 +515,7 @@ def _pieces(reader: io.BufferedIOBase) -> Iterator[bytes]:
             if size >= _READ_CHUNK:
                 yield b"".join(pieces)
                 pieces, size = [], 0
-    except EOFError as exc:
+    except (EOFError, OSError, zlib.error) as exc:
         if pieces:
             yield b"".join(pieces)
         raise exc
@@ -574,14 +596,31 @@ class _Utf8:
             text = self._decoder.decode(data, final)
         except UnicodeDecodeError as exc:
             line = self._lines + exc.object.count(b"\n", 0, exc.start) + 1
-            raise LogFileProblem(f"{self._path}: line {line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at "
-                                 f"position {self._bytes - held + exc.start}: {exc.reason})") from None
+            # exc.object is the bytes given and those of a character the last piece cut: all
+            # UTF-8 up to the byte that is not, and not handed on yet
+            raise _NotUtf8(self._opened(exc.object[:exc.start].decode(), final=True),
+                           f"{self._path}: line {line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at "
+                           f"position {self._bytes - held + exc.start}: {exc.reason})") from None
         self._bytes += len(data)
         self._lines += data.count(b"\n")
+        return self._opened(text, final)
+
+    def _opened(self, text: str, final: bool) -> str:
+        """`text`, without the byte order mark when it is the file's first."""
         if self._first and (text or final):
             self._first = False
             text = text.removeprefix(_BOM)
         return text
+
+
+class _NotUtf8(LogFileProblem):
+    """A byte that is not UTF-8, and the text before it in the piece it is in (`text_before`): a
+    LogFileProblem raised with the piece dropped all of a small file's records, and up to 1 MiB
+    of a large one's, where every other damage lets the records before it be read."""
+
+    def __init__(self, text_before: str, message: str) -> None:
+        super().__init__(message)
+        self.text_before = text_before
 
 
 _BOM = "\ufeff"

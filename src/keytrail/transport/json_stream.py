@@ -67,6 +67,7 @@ class JsonStream:
         self._chars_dropped = 0  # the text dropped before _text: where _text starts in the document
         self._line_start = 0  # where in the document the last line begun in the dropped text starts
         self._ended = False
+        self._failure: Exception | None = None  # what reading the next piece raised, once needed
         self._members_seen = False  # in the object entered: a ',' is due before the next key
         self._items_seen = False  # likewise in the array entered
 
@@ -207,13 +208,21 @@ class JsonStream:
 
     def _read_more(self) -> None:
         """Drop what is read and done with; add at least as much text as the value holds so far
-        (so a long value is parsed again a few times, not once per piece), or mark the end."""
+        (so a long value is parsed again a few times, not once per piece), or mark the end. What
+        reading a piece raises is raised once more text is needed after the pieces before it
+        (raised at once, it lost them: the values they complete, a damaged file's last ones)."""
         self._drop_done()
+        if self._failure is not None:
+            raise self._failure
         if len(self._text) > self._max_value:
             raise ValueTooLarge(self._line(0), self._max_value)
         pieces, added = [self._text], 0
         while added < max(len(self._text), 1):
-            piece = next(self._pieces, None)
+            try:
+                piece = next(self._pieces, None)
+            except Exception as exc:
+                self._failure = exc
+                break
             if piece is None:
                 self._ended = True
                 break
