@@ -5,15 +5,19 @@ record at a time. A file in none of them is refused in one line naming the shape
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from keytrail.transport import cloudtrail_logs
 from keytrail.transport.cloudtrail_logs import ReadReport, iter_cloudtrail_records, iter_log_files
@@ -304,3 +308,47 @@ def test_the_records_before_damage_in_the_bytes_are_read_whatever_piece_it_falls
     assert ids == [r["eventID"] for r in kms[:3]]
     assert report.problems == [said]
     assert (report.records, report.partly_read) == (3, 1)
+
+
+@functools.cache
+def _shape_texts() -> list[bytes]:
+    """The text of every file of every shape, gunzipped (each gzip member's, one after another): the
+    damage put in then is to the text, not to a deflate stream (whose bytes before the damage is
+    found zlib hands on or not by how much it is asked for at once)."""
+    with tempfile.TemporaryDirectory() as folder:
+        _shapes(Path(folder))
+        return [_gunzipped(path.read_bytes()) for path in sorted(Path(folder).rglob("*")) if path.is_file()]
+
+
+def _gunzipped(data: bytes) -> bytes:
+    while data[:2] == b"\x1f\x8b":  # a subscription's objects Firehose gzipped again: twice
+        data = gzip.decompress(data)
+    return data
+
+
+def _read_in_pieces(path: Path, piece: int) -> tuple[list[tuple[str, str]], list[str], tuple[int, ...]]:
+    saved = cloudtrail_logs._READ_CHUNK
+    cloudtrail_logs._READ_CHUNK = piece
+    try:
+        report = ReadReport()
+        records = [(where, record["eventID"]) for where, record in
+                   cloudtrail_logs.iter_located_records([path], report=report)]
+    finally:
+        cloudtrail_logs._READ_CHUNK = saved
+    return records, report.problems, (report.files, report.records, report.skipped, report.partly_read)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), piece=st.integers(1, 300), gzipped=st.booleans(), damage=st.sampled_from(
+    [b"", b"\xb0", b"}", b"\n", b"{", b"1", b"\xe2\x82", b"\"", b"[", b"2026-11-28T09:00:00Z "]))
+def test_the_same_records_and_problems_whatever_the_piece_size(
+        tmp_path: Path, data: st.DataObject, piece: int, gzipped: bool, damage: bytes) -> None:
+    # Every shape, damaged or not anywhere, read a few bytes at a time gives what it gives read a
+    # megabyte at a time: records lost or doubled at a piece's edge would differ (a byte that is no
+    # UTF-8 lost those of the piece it was in).
+    text = data.draw(st.sampled_from(_shape_texts()))
+    at = data.draw(st.integers(0, len(text)))
+    damaged = text[:at] + damage + text[at:]
+    path = tmp_path / f"{len(damaged)}-{piece}-{gzipped}.json"
+    path.write_bytes(gzip.compress(damaged) if gzipped else damaged)
+    assert _read_in_pieces(path, piece) == _read_in_pieces(path, cloudtrail_logs._READ_CHUNK)
