@@ -285,28 +285,16 @@ class LogFile:
     def _sequence(self, stream: JsonStream) -> Iterator[Any]:
         """The records of the values after a first record, each a record or an EventBridge event
         (JSON lines, Firehose's objects with nothing between them, an exported log group's
-        lines), _PARSED_TOGETHER at a time with the collector paused; what stops the parse is
-        raised after the values parsed before it."""
-        more = True
-        while more:
-            batch: list[Any] = []
-            failure: Exception | None = None
-            with collector_paused():
-                try:
-                    more = stream.add_values(batch, _PARSED_TOGETHER)
-                except Exception as exc:
-                    failure = exc
-            self.records_read += len(batch)
+        lines), as they are parsed (`_batches`)."""
+        for batch in self._batches(stream.add_values):
             for value in batch:
                 yield from _records_of(value)
-            if failure is not None:
-                raise failure
 
     def _listed(self, stream: JsonStream, first_line: int) -> Iterator[Any]:
         """The records of a document that is an array of them (bare, as EventBridge events, or as
         JSON strings), as they come. An array whose first item is none of them is LogFileProblem."""
         first = True
-        for batch in self._batches(stream):
+        for batch in self._batches(stream.add_items):
             if first and batch:
                 first = False
                 head = _record_of_text(batch[0]) if isinstance(batch[0], str) else batch[0]
@@ -321,7 +309,7 @@ class LogFile:
         whose first entry has no such field is no such output: LogFileProblem, not records of
         other services skipped by the thousand."""
         first = True
-        for batch in self._batches(stream):
+        for batch in self._batches(stream.add_items):
             if first and batch:
                 first = False
                 if not (isinstance(batch[0], dict) and field in batch[0]):
@@ -359,20 +347,20 @@ class LogFile:
 
     def _records(self, stream: JsonStream) -> Iterator[Any]:
         """The items of the "Records" array `stream` entered, as they are parsed (`_batches`)."""
-        for batch in self._batches(stream):
+        for batch in self._batches(stream.add_items):
             yield from (as_caller_copy(record) if isinstance(record, dict) else record for record in batch)
 
-    def _batches(self, stream: JsonStream) -> Iterator[list[Any]]:
-        """The items of the array `stream` entered, parsed at least _PARSED_TOGETHER at a time with
-        the collector paused (collector_paused); what stops the parse is raised after the items
-        parsed before it."""
+    def _batches(self, add: Callable[[list[Any], int], bool]) -> Iterator[list[Any]]:
+        """What `add` parses (the stream's `add_items` of the array it entered, or its `add_values`
+        of the values after a first record), at least _PARSED_TOGETHER at a time with the collector
+        paused (collector_paused); what stops the parse is raised after the values parsed before it."""
         more = True
         while more:
             batch: list[Any] = []
             failure: Exception | None = None
             with collector_paused():
                 try:
-                    more = stream.add_items(batch, _PARSED_TOGETHER)
+                    more = add(batch, _PARSED_TOGETHER)
                 except Exception as exc:
                     failure = exc
             self.records_read += len(batch)
