@@ -45,6 +45,10 @@ class WallClockSteps:
         self._threshold, self._wall, self._running = threshold, wall, running
         self._last: tuple[float, float] | None = None
 
+    def wall(self) -> float:
+        """The wall clock read, in seconds since the epoch."""
+        return self._wall()
+
     def step(self) -> tuple[float, float]:
         """(seconds the wall clock stepped since the last reading, ahead > 0, back < 0, or 0;
         seconds that really passed since then)."""
@@ -93,6 +97,11 @@ class ForwardStepHold:
         if running >= self._until and self._ahead:
             self._ahead, self.set_back = 0.0, False
         return self._ahead
+
+    def judged_now(self) -> float:
+        """The wall clock's now, in seconds since the epoch, less the steps ahead held (`ahead`)."""
+        held = self.ahead()
+        return self._steps.wall() - held
 
     def left(self) -> float:
         """Seconds of running time until the hold ends (0: none held)."""

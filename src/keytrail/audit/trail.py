@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +33,7 @@ from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset
 from keytrail.audit.shipping import ShipperProcess
 from keytrail.audit.spool import Spool, SpoolError
 from keytrail.children import Child
+from keytrail.clock import ForwardStepHold
 from keytrail.kms.model import CallRecord, CallsInProgress
 from keytrail.owner_only import sync_folder
 from keytrail.transport.segment_log import CutRefused, SegmentLog, event_log_dir
@@ -147,6 +147,10 @@ class AuditTrail:
             chain.close()
             self.log.close()
             raise
+        # Retention's age judged by the wall clock less a step ahead just seen: a clock set days
+        # ahead by mistake deleted at once, for good, every segment the step aged past the
+        # retention (and past a reader's grace), as it held key deletions (kms/due_work.py).
+        self.step_hold = ForwardStepHold()
         self.spool = Spool(self.log, chain, self._now, maintenance=self._apply_retention, in_progress=in_progress,
                            sync_helper=settings.fsync_helper)
         self.codec = EventCodec()
@@ -293,7 +297,7 @@ class AuditTrail:
         settings = self.settings
         if settings.retention_hours is None and settings.retention_bytes is None:
             return
-        now = time.time()
+        now = self.step_hold.judged_now()
         segments = self.log.segment_info()
         limit = self.shipped.value if settings.kafka_bootstrap else self.log.end_offset()
         keep_from = _retention_point(segments, settings, now)

@@ -16,6 +16,7 @@ from keytrail.audit.cloudtrail_files import iter_events
 from keytrail.audit.records import to_cloudtrail
 from keytrail.audit.spool import FSYNC_BUCKETS, GATHER_YIELDS, SpoolError
 from keytrail.audit.trail import AuditSettings, AuditTrail
+from keytrail.clock import STEP_HOLD_SECONDS, ForwardStepHold
 from keytrail.kms.model import CallsInProgress
 from tests.support.audit_records import encrypt_call, failed_trail, fill_trail_async
 from tests.support.mounts import filled, small_filesystem
@@ -309,6 +310,41 @@ async def test_retention_by_age_deletes_old_closed_segments(tmp_path: Path) -> N
         assert trail.log.start_offset() >= kept_from - 5
         assert not any(segment.exists() for segment in old_segments[:-1])
     assert verify(tmp_path) == []
+
+
+class _SteppableClocks:
+    """A wall clock `ahead` of the real one, and a clock no step moves, run on by hand."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+        self.running_at = 1000.0
+        self._real = time.time
+
+    def wall(self) -> float:
+        return self._real() + self.ahead
+
+    def running(self) -> float:
+        return self.running_at
+
+
+async def test_retention_by_age_holds_the_segments_a_step_ahead_of_the_wall_clock_aged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A wall clock set two days ahead by mistake deleted at the next segment roll, for good, every
+    # closed segment of a node keeping 24 hours, though none had been written a day before.
+    settings = AuditSettings(data_dir=tmp_path, segment_bytes=2000, retention_hours=24, reader_grace_s=0)
+    clocks = _SteppableClocks()
+    monkeypatch.setattr(time, "time", clocks.wall)  # the process's wall clock, as a real step moves it
+    async with AuditTrail.open(settings) as trail:
+        trail.step_hold = ForwardStepHold(wall=clocks.wall, running=clocks.running)
+        closed = await _closed_segments_after_calls(trail)
+        clocks.ahead = 172800.0
+        for i in range(20, 40):  # segments roll: retention runs, judged by the clock less the step
+            await trail.record(encrypt_call(i))
+        assert all(segment.exists() for segment in closed)
+        clocks.running_at += STEP_HOLD_SECONDS  # the hold's hour ran out: the new time is taken as right
+        for i in range(40, 60):
+            await trail.record(encrypt_call(i))
+        assert not any(segment.exists() for segment in closed)
 
 
 async def test_retention_by_age_runs_at_each_digest_on_a_quiet_node(tmp_path: Path) -> None:
