@@ -135,8 +135,8 @@ def _named(summary: str, names: dict[str, str]) -> str:
 
 
 def _usage_lines(usage: dict[str, Any], names: dict[str, str]) -> list[str]:
-    rows = [(names.get(r["keyArn"], r["keyArn"] or "(no key)"), str(r["events"]), str(r["errors"]))
-            for r in usage["byKey"]]
+    rows = sorted((names.get(r["keyArn"], r["keyArn"] or "(no key)"), str(r["events"]), str(r["errors"]))
+                  for r in usage["byKey"])  # by the alias shown: the key ids, and their order, differ each run
     rows.append(("total", str(usage["events"]), str(usage["errors"])))
     # `keytrail usage` counts KMS's own RotateKey and DeleteKey too: beside the headline's calls
     # (and the cost table's requests, which leave them out) a "requests" total did not add up.
@@ -145,8 +145,9 @@ def _usage_lines(usage: dict[str, Any], names: dict[str, str]) -> list[str]:
 
 
 def _cost_lines(cost: dict[str, Any], names: dict[str, str]) -> list[str]:
-    rows = [(names.get(r["keyArn"], r["keyArn"] or "(no key)"), r["accountId"] or "", r["keyMonths"], r["keyCost"],
-             r["requestCost"], r["totalCost"]) for r in cost["byKey"]]
+    rows = sorted(((names.get(r["keyArn"], r["keyArn"] or "(no key)"), r["accountId"] or "", r["keyMonths"],
+                    r["keyCost"], r["requestCost"], r["totalCost"]) for r in cost["byKey"]),
+                  key=lambda row: (row[0], row[1]))  # by alias and account, as the usage table
     rows.append(("total", "", "", "", "", cost["totalCost"]))
     header = ("key", "paying account", "key-months", "key USD", "requests USD", "total USD")
     return ["Cost per key and account (keytrail cost)", *_table(header, [tuple(map(_cell, row)) for row in rows]), ""]

@@ -21,3 +21,19 @@ def test_usage_table_counts_events_so_a_service_event_beside_the_calls_adds_up()
                         "events)")
     assert lines[title + 1].split() == ["key", "events", "errors"]
     assert lines[title + 3].split() == ["total", "3", "0"]
+
+
+def test_tables_list_keys_by_alias_whatever_their_random_key_ids() -> None:
+    # Rows came in key ARN order, so the same demo listed its keys in a different order each run.
+    second = KEY.replace("000000000001", "000000000002")
+    summary = {
+        "dataDir": "/tmp/d", "report": "/tmp/d/demo-report.html", "calls": 2, "simulatedDays": 30,
+        "keys": {"zeta": KEY, "alpha": second}, "principals": {}, "alarms": [],
+        "usage": {"events": 2, "errors": 0, "byKey": [{"keyArn": KEY, "events": 1, "errors": 0},
+                                                       {"keyArn": second, "events": 1, "errors": 0}]},
+        "cost": {"totalCost": "2", "byKey": [
+            {"keyArn": arn, "accountId": "111122223333", "keyMonths": 1.0, "keyCost": "1", "requestCost": "0",
+             "totalCost": "1"} for arn in (KEY, second)]},
+    }
+    listed = [line.split()[0] for line in render_text(summary).splitlines() if line.strip().startswith("alias/")]
+    assert listed == ["alias/alpha", "alias/zeta", "alias/alpha", "alias/zeta"]
