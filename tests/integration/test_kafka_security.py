@@ -27,6 +27,13 @@ _SASL = {"KEYTRAIL_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KEYTRAIL_KAFKA_S
          "KEYTRAIL_KAFKA_SASL_USERNAME": "keytrail", "KEYTRAIL_KAFKA_SASL_PASSWORD": SASL_PASSWORD}
 
 
+@pytest.fixture
+def sasl_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """keytrail's Kafka clients set to log in with SCRAM (`_SASL`), in this test's environment."""
+    for name, value in _SASL.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.fixture(scope="module")
 def authority(tmp_path_factory: pytest.TempPathFactory) -> Authority:
     return Authority.make(tmp_path_factory.mktemp("kafka-tls"))
@@ -159,10 +166,8 @@ def test_serve_on_a_listener_silent_to_tls_starts_and_says_so(
 
 
 def test_credentials_the_broker_refuses_are_one_line_without_the_password(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, sasl_environment: None) -> None:
     # aiokafka failed with KeyError 'v' on tansu's SCRAM refusal: a traceback.
-    for name, value in _SASL.items():
-        monkeypatch.setenv(name, value)
     with kafka_broker(authentication=True) as bootstrap:
         done = _detect_once(bootstrap, tmp_path / "d")
     assert done.returncode == 1, done.stderr
@@ -172,9 +177,7 @@ def test_credentials_the_broker_refuses_are_one_line_without_the_password(
 
 
 def test_serve_refuses_to_start_on_a_broker_refusing_its_credentials_in_one_line_without_the_password(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in _SASL.items():
-        monkeypatch.setenv(name, value)
+        tmp_path: Path, sasl_environment: None) -> None:
     with kafka_broker(authentication=True) as bootstrap:
         done = subprocess.run([sys.executable, "-m", "keytrail", "serve", "--data-dir", str(tmp_path / "d"),
                                "--port", str(free_port()), "--kafka", bootstrap], capture_output=True, text=True,
@@ -186,10 +189,8 @@ def test_serve_refuses_to_start_on_a_broker_refusing_its_credentials_in_one_line
 
 
 def test_a_broker_refusing_serve_after_its_start_pauses_shipping_and_says_why_without_the_password(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, sasl_environment: None) -> None:
     # Out of reach at start (serve starts, as on a broker down), then up, refusing the credentials.
-    for name, value in _SASL.items():
-        monkeypatch.setenv(name, value)
     port = free_port()
     server = KeytrailServer(tmp_path / "data", "--kafka", f"127.0.0.1:{port}", "--no-detector").start()
     try:
@@ -218,11 +219,9 @@ def _children_environments(pid: int) -> dict[str, list[bytes]] | None:
 
 
 def test_only_the_children_that_build_kafka_clients_are_given_the_sasl_password(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, sasl_environment: None) -> None:
     # Every child inherited it, the fsync helper and the consumer (which reads the node's event log)
     # too: a child is dumpable, its environment readable in /proc by the user's every process.
-    for name, value in _SASL.items():
-        monkeypatch.setenv(name, value)
     server = KeytrailServer(tmp_path / "data", "--kafka", f"127.0.0.1:{free_port()}",  # out of reach: starts
                             dev_clock=False).start()  # with --dev-clock the consumer and detector run in serve
     try:
