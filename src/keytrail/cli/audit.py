@@ -374,8 +374,10 @@ def import_(paths: list[Path] = typer.Argument(..., parser=named_path, help="Clo
         except AuditUnavailable as exc:  # a full disk midway: what was stored stays, and is passed over next time
             _fail(f"cannot store records in the event log in {data_dir} ({exc}): run the same import again once it "
                   "can write; the records it imported are then passed over as already in the event log")
-    for problem in report.problems:
+    for problem in report.problems:  # the first ones; all are counted below
         typer.echo(f"skipped: {problem}", err=True)
+    if note := report.problems.unshown_note():
+        typer.echo(f"note: {note}", err=True)
     if report.stopped_at is not None and stop.received is not None:
         _stopped(report, stop.received)
     digests = f"; {_count(report.digests, 'digest file')} passed over" if report.digests else ""

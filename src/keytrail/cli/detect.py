@@ -240,6 +240,8 @@ def _say_what_was_read(read: CloudTrailRead, as_of: datetime | None) -> None:
     later events, and `report --until` judge)."""
     for problem in read.problems:  # as import, consume and report say them: a denied call in one raises no alarm
         typer.echo(f"skipped: {problem}", err=True)
+    if note := read.problems.unshown_note():
+        typer.echo(f"note: {note}", err=True)
     if read.problems:
         typer.echo(f"note: skipped {counted(len(read.problems), 'CloudTrail record')} that "
                    "cannot be read (above)", err=True)

@@ -42,6 +42,7 @@ from keytrail.cli.time_window import parse_window, since_after_default_end
 from keytrail.owner_only import make_dirs
 from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, hold_as_kafka_consumer, kafka_consumers_counting
 from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION, SEGMENT_LOG_PARTITION, consumer_lock, counted_partitions
+from keytrail.transport.read_problems import Problems
 from keytrail.transport.segment_log import SegmentLog, event_log_dir, lock_held, writer_active
 
 # polars, the metrics state and the consumer load with the command that uses them, not with
@@ -334,7 +335,7 @@ def consume(
     if not (kafka or cloudtrail or hold_as_event_log_consumer(data_dir)):
         raise fail(kafka_consumers_counting(data_dir), CONSUME)
     make_dirs(data_dir)
-    problems: list[str] = []  # in the CloudTrail log files, each said on stderr as it is met
+    problems = Problems(on_shown=_say_skipped)  # in the CloudTrail log files: the first said on stderr as met
     stats = _consume_or_fail(settings, cloudtrail, problems, metrics)
     typer.echo(
         # Figures without thousands separators: scripts read them (`consumed 32000 records`).
@@ -347,9 +348,15 @@ def consume(
     _note_other_routes(data_dir, _CLOUDTRAIL_ROUTE if cloudtrail else _KAFKA_ROUTE if kafka else _LOG_ROUTE)
     if not (kafka or cloudtrail or follow) and (problem := event_log_damage(data_dir)):
         raise fail(f"{problem}; the figures cover the records before it", CONSUME, code=1)
+    if note := problems.unshown_note():
+        typer.echo(f"note: {note}", err=True)
     if problems:  # what could be read is counted; a script still learns that some was not
         raise fail(f"{counted(len(problems), 'problem')} in the CloudTrail log files "
                    "(above): the figures leave out what could not be read", CONSUME, code=1)
+
+
+def _say_skipped(text: str) -> None:
+    typer.echo(f"skipped: {text}", err=True)  # worded as audit import, report and detect say it
 
 
 _CLOUDTRAIL_ROUTE, _LOG_ROUTE, _KAFKA_ROUTE = "CloudTrail files", "the embedded event log", "Kafka"
@@ -381,7 +388,7 @@ def _metrics_socket(host: str, port: int) -> socket.socket:
 
 
 def _consume_or_fail(
-    settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str],
+    settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: Problems,
     metrics: socket.socket | None = None,
 ) -> RunStats:
     import asyncio  # the consumer's, not the queries' (~0.1 s of `keytrail usage`'s start)
@@ -400,7 +407,7 @@ def _consume_or_fail(
 
 
 async def _consume(
-    settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: list[str], metrics: socket.socket | None
+    settings: ConsumerSettings, cloudtrail: list[Path] | None, problems: Problems, metrics: socket.socket | None
 ) -> RunStats:
     import asyncio
 
@@ -441,16 +448,13 @@ def _serving_metrics(sock: socket.socket | None, consumer: MetricsConsumer) -> A
                             + render_readers_held({"consumer": consumer.held_at}))
 
 
-def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: list[str]) -> Any:
+def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: Problems) -> Any:
     from keytrail.pipeline.query import state_dir
     from keytrail.pipeline.sources import CloudTrailFilesSource
     from keytrail.reports.progress import Progress
     from keytrail.transport.cloudtrail_logs import iter_log_files
 
-    def problem(text: str) -> None:
-        problems.append(text)
-        typer.echo(f"skipped: {text}", err=True)  # worded as audit import, report and detect say it
-
+    problem = problems.append  # every one: each file's read counts only its own; the first are said as met
     files = list(iter_log_files(paths, problem))
     bar = Progress("files", enabled=len(files) > 1 and sys.stderr.isatty())  # one file: nothing to follow
     done = 0

@@ -33,6 +33,7 @@ from keytrail.data_dir_layout import write_over_problem
 from keytrail.owner_only import within
 from keytrail.reports.formats import TABLES, ReportFormat
 from keytrail.reports.progress import Progress
+from keytrail.transport.read_problems import Problems
 
 # The pipeline and the report's code (polars) load in the functions that use them, not with
 # `keytrail report --help` (commands.py).
@@ -97,7 +98,8 @@ def report(
         raise report_fail(f"--alarms: {'not a file' if alarms.exists() else 'no such file'}: {alarms}")
     from keytrail.transport.cloudtrail_logs import ReadReport
 
-    read = ReadReport()  # of the CloudTrail log files: its problems each said on stderr as met
+    # Of the CloudTrail log files: its problems counted, the first ones said on stderr as met.
+    read = ReadReport(problems=Problems(on_shown=_name_problem))
     try:
         with terminate_as_interrupt():  # a SIGTERM while writing removes the half-written file, as Ctrl-C does
             data = (collect_event_log(log, options, progress) if log
@@ -123,6 +125,8 @@ def report(
         typer.echo(ahead_note(data.open_end), err=True)
     if cloudtrail and not read.records and not read.problems:  # empty tables must not read as a quiet period
         typer.echo(f"note: {_NO_KMS_RECORD.format(counted(read.skipped, 'record'))}", err=True)
+    if note := read.problems.unshown_note():
+        typer.echo(f"note: {note}", err=True)
     if read.problems:
         raise report_fail(f"{counted(len(read.problems), 'problem')} in the CloudTrail log "
                           "files (above): the report leaves out what could not be read", code=1)
@@ -215,22 +219,19 @@ def _collect_files(paths: list[Path], options: ReportOptions, progress: bool | N
 
 
 def _files_source(paths: list[Path], bar: Progress, read: ReadReport) -> Source:
-    """The records of the CloudTrail log files, counted in `read`; each problem reading them is said
-    on stderr and added to `read.problems`, so that the report, written from the rest, exits 1 as
-    `consume` does."""
+    """The records of the CloudTrail log files, counted in `read`; each problem reading them is
+    counted in `read.problems` (which says the first ones on stderr), so that the report, written
+    from the rest, exits 1 as `consume` does."""
     from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION
     from keytrail.pipeline.sources import RecordsSource
     from keytrail.transport.cloudtrail_logs import iter_cloudtrail_records, iter_log_files
 
-    def unlisted(text: str) -> None:  # a folder or file the walk cannot read: no file's read counts it
-        _name_problem(text)
-        read.problems.append(text)
-
-    files = list(iter_log_files(paths, unlisted))
+    # a folder or file the walk cannot read: no file's read counts it
+    files = list(iter_log_files(paths, read.problems.append))
 
     def records() -> Iterator[dict[str, Any]]:
         for done, path in enumerate(files, start=1):
-            yield from iter_cloudtrail_records([path], report=read, on_problem=_name_problem)
+            yield from iter_cloudtrail_records([path], report=read)
             bar.update(done, len(files))
 
     return RecordsSource(records(), partition=CLOUDTRAIL_PARTITION)

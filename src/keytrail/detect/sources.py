@@ -32,6 +32,7 @@ from keytrail.transport.cloudtrail_logs import (
     iter_log_files,
     readable_records,
 )
+from keytrail.transport.read_problems import Problems
 from keytrail.transport.topics import AUDIT_TOPIC, is_imported
 
 __all__ = [
@@ -74,7 +75,7 @@ class ValueBatch:
 class CloudTrailRead:
     """What reading CloudTrail files for detection saw besides the events it gives."""
 
-    problems: list[str] = field(default_factory=list)  # records that could not be read
+    problems: Problems = field(default_factory=Problems)  # records that could not be read: counted, the first kept
     events: int = 0  # KMS events read
     later: int = 0  # of them, dated after `up_to`: not given
 

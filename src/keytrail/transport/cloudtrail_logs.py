@@ -42,6 +42,7 @@ import orjson
 from keytrail.shared_events import as_caller_copy
 from keytrail.transport.cloudtrail_records import normalized_record, record_problem, storable_together
 from keytrail.transport.json_stream import JsonStream, JsonSyntaxError, ValueTooLarge
+from keytrail.transport.read_problems import Problems
 
 __all__ = ["LOG_FILE_NAMES", "Held", "LogFile", "LogFileProblem", "ReadReport", "collector_paused", "held_log_files",
            "is_digest", "is_digest_name", "iter_cloudtrail_records", "iter_located_records", "iter_log_files",
@@ -65,7 +66,7 @@ class LogFileProblem(ValueError):
 @dataclass(slots=True)
 class ReadReport:
     """What a read saw: files read, records yielded, records of other services skipped, digest
-    files passed over, problems."""
+    files passed over, problems (all counted, the first `read_problems.SHOWN` kept)."""
 
     files: int = 0
     records: int = 0
@@ -74,7 +75,7 @@ class ReadReport:
     partly_read: int = 0
     skipped: int = 0
     digests: int = 0
-    problems: list[str] = field(default_factory=list)
+    problems: Problems = field(default_factory=Problems)
 
 
 def iter_log_files(paths: Iterable[Path | str], on_problem: Callable[[str], None] | None = None) -> Iterator[Path]:
@@ -650,7 +651,8 @@ def iter_cloudtrail_records(paths: Iterable[Path | str], *, report: ReadReport |
                             on_problem: Callable[[str], None] | None = None) -> Iterator[dict[str, Any]]:
     """The readable KMS records (`cloudtrail_records.record_problem`) of the CloudTrail log files
     under `paths`, file by file; other services' records are counted in `report.skipped`; every
-    problem (a file, a record that cannot be read) goes to `report.problems` and to `on_problem`."""
+    problem (a file, a record that cannot be read) is counted in `report.problems` (the first ones
+    kept) and goes to `on_problem`, every one: a caller counting them across reads counts them all."""
     for _, record in iter_located_records(paths, report=report, on_problem=on_problem):
         yield record
 

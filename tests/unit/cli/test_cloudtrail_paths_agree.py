@@ -164,3 +164,28 @@ def test_every_path_names_a_file_it_cannot_read_alike(tmp_path: Path) -> None:
     assert report.returncode == 1 and _skipped(report.stderr) == skipped
     detected = _keytrail("detect", "--cloudtrail", logs)
     assert detected.returncode == 2 and detected.stderr == f"keytrail detect: {skipped[0].removeprefix('skipped: ')}\n"
+
+
+def test_every_path_says_the_first_hundred_problems_and_counts_them_all(tmp_path: Path) -> None:
+    """A file of a record and 250 values that are none: each command says the first 100 as ever,
+    then how many more there were, and counts all 250 (every one was kept in memory and said: a
+    10 MB file of them held 624 MB)."""
+    logs = tmp_path / "files"
+    ones = _log(logs, "a", [_denied_decrypt("e-0", 0), *[1] * 250])
+    skipped = [f"skipped: {ones}: record {index}: not a JSON object" for index in range(1, 101)]
+    note = "note: 150 more problems not shown (the first 100 are)"
+
+    imported = _keytrail("audit", "import", "--data-dir", tmp_path / "node", logs)
+    assert imported.returncode == 1 and _skipped(imported.stderr) == skipped and note in imported.stderr.splitlines()
+    assert imported.stdout.strip() == ("imported 1 KMS record from 1 file; skipped 0 records of other services and 0 "
+                                       "already in the event log; 250 problems")
+    consumed = _keytrail("consume", "--data-dir", tmp_path / "consumed", "--cloudtrail", logs)
+    assert consumed.returncode == 1 and _skipped(consumed.stderr) == skipped and note in consumed.stderr.splitlines()
+    assert "consumed 1 record: 1 counted" in consumed.stderr
+    assert "keytrail consume: 250 problems in the CloudTrail log files" in consumed.stderr
+    report = _keytrail("report", "--cloudtrail", logs, "--out", tmp_path / "r.json", "--no-progress")
+    assert report.returncode == 1 and _skipped(report.stderr) == skipped and note in report.stderr.splitlines()
+    assert "keytrail report: 250 problems in the CloudTrail log files" in report.stderr
+    detected = _keytrail("detect", "--cloudtrail", logs, "--format", "json")
+    assert detected.returncode == 0 and _skipped(detected.stderr) == skipped and note in detected.stderr.splitlines()
+    assert "note: skipped 250 CloudTrail records that cannot be read (above)" in detected.stderr
