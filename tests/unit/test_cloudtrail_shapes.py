@@ -255,6 +255,46 @@ def test_import_report_consume_and_detect_read_every_shape_alike(tmp_path: Path)
     assert {json.loads(line)["rule"] for line in detected.stdout.splitlines()} == {"unused-key"}
 
 
+def _snappy(data: bytes) -> bytes:
+    """A Snappy block of `data` in literals alone (valid Snappy, for a test: no library needed)."""
+    size, head = len(data), bytearray()
+    while size >= 0x80:
+        head.append(size & 0x7F | 0x80)
+        size >>= 7
+    head.append(size)
+    for start in range(0, len(data), 1 << 16):
+        piece = data[start:start + (1 << 16)]
+        size = len(piece) - 1
+        tag = bytes([size << 2]) if size < 60 else bytes([61 << 2]) + size.to_bytes(2, "little")
+        head += tag + piece
+    return bytes(head)
+
+
+def _hadoop_snappy(data: bytes, block: int = 256 << 10) -> bytes:
+    """`data` as Hadoop's BlockCompressorStream frames Snappy (Firehose's HADOOP_SNAPPY compression):
+    per block, its length and its one chunk's, 4 bytes big-endian each, then the chunk."""
+    framed = b""
+    for start in range(0, len(data), block):
+        chunk = _snappy(data[start:start + block])
+        framed += len(data[start:start + block]).to_bytes(4, "big") + len(chunk).to_bytes(4, "big") + chunk
+    return framed
+
+
+def test_a_hadoop_framed_snappy_file_is_named_as_such(tmp_path: Path) -> None:
+    # Its framing has no mark, as Snappy's own stream identifier is: its lengths' NULs had it told as
+    # "UTF-16-BE text, not UTF-8 (as Windows PowerShell's > and Out-File write it): convert it to
+    # UTF-8" (or UTF-32-BE, or "not UTF-8"), naming neither the packing nor the remedy.
+    text = EXAMPLES.read_bytes() * 100  # several blocks
+    framed = tmp_path / "stream-1-2026-11-28-09-05-13-abc"
+    framed.write_bytes(_hadoop_snappy(text))
+    small = tmp_path / "small.json"
+    small.write_bytes(_hadoop_snappy(b'{"Records": []}'))
+    report = ReadReport()
+    assert list(iter_cloudtrail_records([framed, small, EXAMPLES], report=report)) == _kms(_examples())
+    assert report.problems == [f"{path}: Snappy-compressed (Hadoop-compatible), not JSON text or gzip: unpack it first"
+                               for path in (framed, small)]
+
+
 def test_a_file_packed_otherwise_than_gzip_is_named_as_such(tmp_path: Path) -> None:
     # It was "line 1: not UTF-8 (byte 0xa1 at position 11: invalid start byte)", naming neither the
     # packing nor the remedy (Firehose compresses with ZIP or Snappy as well as GZIP).

@@ -377,12 +377,46 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _PACKED = {b"PK\x03\x04": "a zip archive", b"BZh": "bzip2-compressed", b"\xfd7zXZ\x00": "xz-compressed",
            b"\x28\xb5\x2f\xfd": "zstd-compressed", b"\xff\x06\x00\x00sNaPpY": "Snappy-compressed",
            b"PAR1": "a Parquet file"}
-_MAGIC_LENGTH = max(map(len, _PACKED))
+#: Enough of a file's start for each mark: _PACKED's, and a Hadoop-framed Snappy block's head
+#: (two lengths, the chunk's varint of at most 5 bytes and its first tag).
+_MAGIC_LENGTH = max(*map(len, _PACKED), 14)
 
 
 def _packed_as(head: bytes) -> str | None:
-    """What packing the first bytes of a file are the mark of, if any (_PACKED)."""
-    return next((kind for magic, kind in _PACKED.items() if head.startswith(magic)), None)
+    """What packing the first bytes of a file are the mark of, if any (_PACKED, or Hadoop's
+    framing of Snappy, which has no mark: _is_hadoop_snappy)."""
+    kind = next((kind for magic, kind in _PACKED.items() if head.startswith(magic)), None)
+    return kind or ("Snappy-compressed (Hadoop-compatible)" if _is_hadoop_snappy(head) else None)
+
+
+def _is_hadoop_snappy(head: bytes) -> bool:
+    """Whether a file starts as Hadoop's BlockCompressorStream frames Snappy (Firehose's
+    HADOOP_SNAPPY compression): the block's length and its first chunk's, 4 bytes big-endian each,
+    then the chunk: a Snappy block, its own length as a varint (no more than the block's, the
+    chunk no longer than Snappy makes it) and a literal first. Text starts with a byte of at least
+    a tab (0x09), a length past _HADOOP_BLOCK_MAX: no JSON file, nor UTF-16 or UTF-32 (their NULs
+    give a varint of 0), looks so."""
+    if len(head) < 9:
+        return False
+    block, chunk = int.from_bytes(head[:4], "big"), int.from_bytes(head[4:8], "big")
+    length, end = _varint(head, 8)
+    return (0 < block <= _HADOOP_BLOCK_MAX and 0 < length <= block and 0 < chunk <= 32 + length + length // 6
+            and (end >= len(head) or head[end] & 3 == 0))
+
+
+#: Past any block Hadoop's codecs write (256 KiB by default), below any text's first 4 bytes.
+_HADOOP_BLOCK_MAX = 64 << 20
+
+
+def _varint(data: bytes, start: int) -> tuple[int, int]:
+    """The little-endian base-128 number at `start` (Snappy's length) and where it ends; 0 when
+    `data` holds none there (cut, or longer than a 32-bit one)."""
+    value = 0
+    for index, byte in enumerate(data[start:start + 5]):
+        value |= (byte & 0x7F) << (7 * index)
+        if not byte & 0x80:
+            return value, start + index + 1
+    return 0, len(data)
 
 
 #: What a file that holds no CloudTrail records is told, with the shapes it could have had.
