@@ -50,14 +50,14 @@ class Pattern:
     parts: tuple[tuple[str, str], ...]  # ("lit", text) | ("any", "") | ("one", "") | ("var", body)
     ignore_case: bool = False
     # Worked out once, as every request matches them: the text of a pattern of literals only (in
-    # lowercase when case is ignored), the runs of a pattern with wildcards and no variables.
+    # `_caseless` form when case is ignored), the runs of a pattern with wildcards and no variables.
     _text: str | None = field(default=None, init=False, compare=False, repr=False)
     _runs: _Runs | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.is_literal:
             text = self.literal()
-            object.__setattr__(self, "_text", text.lower() if self.ignore_case else text)
+            object.__setattr__(self, "_text", _caseless(text) if self.ignore_case else text)
         elif "var" not in (kind for kind, _ in self.parts):
             object.__setattr__(self, "_runs", self.runs(_no_variables))
 
@@ -93,44 +93,64 @@ class Pattern:
         return "".join(body for _, body in self.parts)
 
     def runs(self, resolve: Resolve) -> _Runs | None:
-        """The pattern as its runs between `*` wildcards, each a fixed-length escaped regex (`?` is
-        `.`); None when a variable has no value and no default. A case-sensitive pattern with a
-        variable and no `?` is matched as text instead (`_Text`): the variable's value may be a
-        whole request member, which compiled and cached as a regex cost 50 ms and 1.6 MB a value."""
-        runs: list[str] = []
-        texts: list[str] = []  # the same runs as plain text, while they are plain text
-        run: list[str] = []
-        raw: list[str] = []
+        """The pattern as its runs between `*` wildcards, each of a fixed length (`?` one character
+        of it); None when a variable has no value and no default. Case is set aside by matching
+        `_caseless` texts. A pattern with a variable is matched as text (`_Text`): the variable's
+        value may be a whole request member, which compiled and cached as a regex cost 50 ms and
+        1.6 MB a value. Only a policy's own patterns become regexes, compiled once."""
+        texts: list[_Text] = []
+        regexes: list[str] = []
+        segments: list[tuple[int, str]] = []
+        regex: list[str] = []
         length = 0  # of the current run, in characters of the value
-        as_text, varied = not self.ignore_case, False
+        varied = False
         for kind, body in self.parts:
             if kind == "any":
-                runs.append("".join(run))
-                texts.append("".join(raw))
-                run, raw, length = [], [], 0
+                texts.append(_Text(tuple(segments), length))
+                regexes.append("".join(regex))
+                segments, regex, length = [], [], 0
             elif kind == "one":
-                run.append(".")
+                regex.append(".")
                 length += 1
-                as_text = False
             else:
                 text = body if kind == "lit" else _variable_value(body, resolve)
                 if text is None:
                     return None
                 varied = varied or kind == "var"
-                run.append(re.escape(text))
-                raw.append(text)
+                text = _caseless(text) if self.ignore_case else text
+                segments.append((length, text))
+                regex.append(re.escape(text))
                 length += len(text)
-        runs.append("".join(run))
-        texts.append("".join(raw))
-        if as_text and varied:
-            return _runs_of(tuple(_Text(text) for text in texts), length)
-        return _compiled(tuple(runs), length, self.ignore_case)
+        texts.append(_Text(tuple(segments), length))
+        regexes.append("".join(regex))
+        if varied:
+            return _runs_of(tuple(texts), length)
+        return _compiled(tuple(regexes), length)
 
     def matches(self, value: str, resolve: Resolve) -> bool:
+        if self.ignore_case:
+            value = _caseless(value)
         if self._text is not None:
-            return (value.lower() if self.ignore_case else value) == self._text
+            return value == self._text
         runs = self._runs or self.runs(resolve)
         return runs is not None and runs.match(value)
+
+
+def _caseless(text: str) -> str:
+    """`text` with case set aside, one character for one, so that a pattern's runs keep their
+    lengths: ASCII by `str.lower`; other text character by character as Java's equalsIgnoreCase
+    compares them (ſ is s, ς is σ, İ is i), where `str.lower` makes İ two characters and keeps ς
+    apart from σ."""
+    if text.isascii():
+        return text.lower()
+    return "".join(map(_caseless_character, text))
+
+
+@lru_cache(maxsize=4096)
+def _caseless_character(character: str) -> str:
+    upper = character.upper()
+    lower = (upper if len(upper) == 1 else character).lower()
+    return lower[0]  # İ's full lowercase is i and a combining dot; its simple one is i
 
 
 def _variable_value(body: str, resolve: Resolve) -> str | None:
@@ -166,25 +186,38 @@ class _End:
 
 
 class _Text:
-    """A run of plain text matched with str methods as a compiled run is matched (`match`, `search`,
-    `fullmatch` from `pos`): no regex compiled nor cached for a policy variable's value, which a
-    caller sets (an encryption context value of 100,000 characters: 4,096 of them, cached as regexes
-    with their runs and in `re`'s own cache, held 6 GB)."""
+    """A fixed-length run of text, `?` places in it left open, matched with str methods as a compiled
+    run is matched (`match`, `search`, `fullmatch` from `pos`): no regex compiled nor cached for a
+    policy variable's value, which a caller sets (an encryption context value of 100,000
+    characters: 4,096 of them, cached as regexes with their runs and in `re`'s own cache, held
+    6 GB)."""
 
-    __slots__ = ("text",)
+    __slots__ = ("length", "segments")
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    def __init__(self, segments: tuple[tuple[int, str], ...], length: int) -> None:
+        self.segments = tuple((offset, text) for offset, text in segments if text)  # (offset, text)
+        self.length = length
 
     def match(self, value: str, pos: int = 0) -> _End | None:
-        return _End(pos + len(self.text)) if value.startswith(self.text, pos) else None
+        if len(value) - pos < self.length:
+            return None
+        fits = all(value.startswith(text, pos + offset) for offset, text in self.segments)
+        return _End(pos + self.length) if fits else None
 
     def search(self, value: str, pos: int = 0) -> _End | None:
-        at = value.find(self.text, pos)
-        return None if at < 0 else _End(at + len(self.text))
+        if not self.segments:
+            return self.match(value, pos)
+        offset, text = self.segments[0]
+        at = value.find(text, pos + offset)
+        while at >= 0:
+            found = self.match(value, at - offset)
+            if found is not None:
+                return found
+            at = value.find(text, at + 1)
+        return None
 
     def fullmatch(self, value: str, pos: int = 0) -> _End | None:
-        return self.match(value, pos) if len(value) - pos == len(self.text) else None
+        return self.match(value, pos) if len(value) - pos == self.length else None
 
 
 class _Runs:
@@ -223,9 +256,8 @@ class _Whole(_Runs):
 
 
 @lru_cache(maxsize=4096)
-def _compiled(runs: tuple[str, ...], last_length: int, ignore_case: bool) -> _Runs:
-    flags = re.IGNORECASE | re.DOTALL if ignore_case else re.DOTALL
-    return _runs_of(tuple(re.compile(run, flags) for run in runs), last_length)
+def _compiled(runs: tuple[str, ...], last_length: int) -> _Runs:
+    return _runs_of(tuple(re.compile(run, re.DOTALL) for run in runs), last_length)
 
 
 def _runs_of(runs: tuple[_Run, ...], last_length: int) -> _Runs:

@@ -266,21 +266,29 @@ def test_wildcard_matching_agrees_with_its_regex_reading(pattern: str, value: st
     assert wildcard_match(pattern, value, ignore_case=ignore_case) == _reference(pattern, value, ignore_case)
 
 
-def test_a_policy_variable_s_value_is_not_kept_as_a_compiled_regex_per_request() -> None:
+@pytest.mark.parametrize(("operator", "pattern", "matching"), [
+    ("StringLike", "x-${kms:EncryptionContext:b}*", "x-{}!"),
+    ("StringLike", "x?${kms:EncryptionContext:b}*", "x-{}!"),
+    ("StringEqualsIgnoreCase", "X-${kms:EncryptionContext:b}", "x-{}"),
+])
+def test_a_policy_variable_s_value_is_not_kept_as_a_compiled_regex_per_request(operator: str, pattern: str,
+                                                                               matching: str) -> None:
     # `${kms:EncryptionContext:b}` takes its value from the caller: each distinct one was compiled
     # into a regex (50 ms for 100,000 characters) and kept with the runs and in `re`'s cache, 1.6 MB
-    # each: 4,096 callers' values held 6 GB of the node's memory.
+    # each: 4,096 callers' values held 6 GB of the node's memory. A `?` in the pattern, or case
+    # ignored, kept compiling them after the plain case had stopped.
     import gc
     import tracemalloc
 
-    condition = Condition("StringLike", "kms:encryptioncontext:a", ("x-${kms:EncryptionContext:b}*",))
+    condition = Condition(operator, "kms:encryptioncontext:a", (pattern,))
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for number in range(40):
             value = f"{number:05d}" * 20_000
-            assert condition.holds({"kms:encryptioncontext:a": f"x-{value}!", "kms:encryptioncontext:b": value}.get)
-            shorter = {"kms:encryptioncontext:a": f"x-{value[1:]}", "kms:encryptioncontext:b": value}
+            context = {"kms:encryptioncontext:a": matching.format(value), "kms:encryptioncontext:b": value}
+            assert condition.holds(context.get)
+            shorter = {"kms:encryptioncontext:a": matching.format(value[1:]), "kms:encryptioncontext:b": value}
             assert not condition.holds(shorter.get)
         gc.collect()
         kept = tracemalloc.get_traced_memory()[0] - before
@@ -298,3 +306,18 @@ def test_patterns_with_a_variable_agree_with_their_regex_reading(parts: list[str
     body = "".join(".*" if p == "*" else "." if p == "?" else re.escape(variable if p == "${v}" else p) for p in parts)
     expected = re.fullmatch(body, value, re.DOTALL | (re.IGNORECASE if ignore_case else 0)) is not None
     assert pattern.matches(value, {"v": variable}.get) == expected
+
+
+@pytest.mark.parametrize(("policy", "value"), [("ſtatus", "STATUS"), ("ΟΔΟΣ", "οδος"), ("İstanbul", "istanbul"),
+                                               ("straße", "STRAßE")])
+@pytest.mark.parametrize("pattern", ["{}", "{}*", "?{}", "${v}", "${v}*", "?${v}"])
+def test_case_is_set_aside_alike_for_literal_wildcard_and_variable_patterns(policy: str, value: str,
+                                                                            pattern: str) -> None:
+    # One reading of "ignore case" whichever way the pattern is matched (text, regex or variable),
+    # one character for one as Java's equalsIgnoreCase: İ's lowercase is two characters to
+    # str.lower, which moved every later position of a fixed-length run.
+    text = pattern.replace("{}", policy)
+    request = ("x" if pattern.startswith("?") else "") + value
+    parsed = Pattern.parse(text, wildcards=True, variables=True, ignore_case=True)
+    assert parsed.matches(request, {"v": policy}.get)
+    assert not parsed.matches(request[:-1] + "#", {"v": policy}.get)
