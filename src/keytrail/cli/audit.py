@@ -50,6 +50,9 @@ audit_app = typer.Typer(help="The audit trail: CloudTrail-format events of every
                         no_args_is_help=True)
 
 DataDir = path_option(Path("keytrail-data"), "--data-dir", help="The node's data directory.")
+#: What `events` and `tail` print each event as (_line).
+_FORMAT_HELP = ("json: the CloudTrail record, one per line; text: its time, operation, outcome (OK or the error "
+               "code), caller and resource ARNs, one line each.")
 
 
 class Format(StrEnum):
@@ -99,7 +102,7 @@ def _events(data_dir: Path, log: SegmentLog) -> Iterator[tuple[int, dict[str, An
 
 
 @audit_app.command()
-def events(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.json, "--format")) -> None:
+def events(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.json, "--format", help=_FORMAT_HELP)) -> None:
     """Print the stored events, one CloudTrail JSON record per line, oldest first."""
     _require_log(data_dir)
     log = _reader(data_dir)
@@ -115,9 +118,11 @@ _MIN_INTERVAL, _MAX_INTERVAL = 0.01, 3600.0
 
 
 @audit_app.command()
-def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--format"),
+def tail(data_dir: Path = DataDir, fmt: Format = typer.Option(Format.text, "--format", help=_FORMAT_HELP),
          lines: int = typer.Option(10, "--lines", "-n", min=0, help="Events to show before following."),
-         follow: bool = typer.Option(True, "--follow/--no-follow"),
+         follow: bool = typer.Option(True, "--follow/--no-follow",
+                                     help="Show new events as they are written, until stopped; or stop after "
+                                          "the last ones."),
          interval: float = typer.Option(
              0.2, "--interval", callback=number_in_range(_MIN_INTERVAL, _MAX_INTERVAL),
              help=f"Seconds between polls, {_MIN_INTERVAL:g} to {_MAX_INTERVAL:g}.")) -> None:
@@ -460,7 +465,9 @@ def _count(number: int, noun: str) -> str:
 
 @audit_app.command()
 def export(out: Path = typer.Argument(..., parser=named_path, help="Folder to write AWSLogs/… into."),
-           fmt: ExportFormat = typer.Option(ExportFormat.cloudtrail, "--format"),
+           fmt: ExportFormat = typer.Option(ExportFormat.cloudtrail, "--format",
+                                            help="cloudtrail: gzipped log files as a trail writes them to S3 "
+                                                 "(the one format)."),
            data_dir: Path = DataDir) -> None:
     """Write the event log as CloudTrail log files (AWSLogs/<account>/CloudTrail/<region>/YYYY/MM/DD).
     Run again into the same folder, it writes the files over, with the records since: none twice."""
