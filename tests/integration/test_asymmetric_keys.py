@@ -118,6 +118,20 @@ def test_generate_and_verify_mac(kms, size) -> None:
     ) == ("KMSInvalidMacException", "")
 
 
+def test_verify_mac_dry_run_answers_as_the_call_would_for_a_mac_that_does_not_match(kms) -> None:
+    """DryRun "checks if your request will succeed": a VerifyMac that fails KMSInvalidMacException fails
+    so with DryRun too; only a MAC that matches is DryRunOperationException."""
+    key_id = kms.create_key(KeySpec="HMAC_256", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
+    mac = kms.generate_mac(KeyId=key_id, Message=b"payload", MacAlgorithm="HMAC_SHA_256")["Mac"]
+    for message, tampered in ((b"other", mac), (b"payload", mac[:-1] + bytes([mac[-1] ^ 1])), (b"payload", mac[:16])):
+        assert error_of(
+            kms.verify_mac, KeyId=key_id, Message=message, Mac=tampered, MacAlgorithm="HMAC_SHA_256", DryRun=True
+        ) == ("KMSInvalidMacException", "")
+    assert error_of(
+        kms.verify_mac, KeyId=key_id, Message=b"payload", Mac=mac, MacAlgorithm="HMAC_SHA_256", DryRun=True
+    ) == ("DryRunOperationException", "The request would have succeeded, but the DryRun option is set.")
+
+
 def test_mac_errors(kms) -> None:
     key_id = kms.create_key(KeySpec="HMAC_224", KeyUsage="GENERATE_VERIFY_MAC")["KeyMetadata"]["KeyId"]
     assert error_of(kms.generate_mac, KeyId=key_id, Message=b"m", MacAlgorithm="HMAC_SHA_256") == (

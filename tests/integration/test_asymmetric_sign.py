@@ -305,6 +305,23 @@ def test_get_public_key_names_the_deprecated_spec_also_for_specs_newer_than_its_
     assert described["KeySpec"] == described["CustomerMasterKeySpec"] == spec
 
 
+@pytest.mark.parametrize("spec", ["ECC_NIST_P256", "RSA_2048", "ECC_NIST_EDWARDS25519", "ML_DSA_44"])
+def test_verify_dry_run_answers_as_the_call_would_for_a_signature_that_does_not_verify(kms, spec) -> None:
+    """DryRun "checks if your request will succeed": a Verify that fails KMSInvalidSignatureException
+    fails so with DryRun too, as a Decrypt's DryRun fails for a ciphertext that does not open; only a
+    signature that verifies is DryRunOperationException."""
+    key_id = signing_key(kms, spec)
+    algorithm = kms.get_public_key(KeyId=key_id)["SigningAlgorithms"][0]
+    signature = kms.sign(KeyId=key_id, Message=b"right", SigningAlgorithm=algorithm)["Signature"]
+    for message, tampered in ((b"wrong", signature), (b"right", bytes([signature[0] ^ 0xFF]) + signature[1:])):
+        assert error_of(
+            kms.verify, KeyId=key_id, Message=message, Signature=tampered, SigningAlgorithm=algorithm, DryRun=True
+        ) == ("KMSInvalidSignatureException", "")
+    assert error_of(
+        kms.verify, KeyId=key_id, Message=b"right", Signature=signature, SigningAlgorithm=algorithm, DryRun=True
+    ) == ("DryRunOperationException", "The request would have succeeded, but the DryRun option is set.")
+
+
 def test_sign_dry_run(kms) -> None:
     code, message = error_of(
         kms.sign,

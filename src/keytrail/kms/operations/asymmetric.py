@@ -27,22 +27,25 @@ async def _signing_request(svc: KmsService, call: Call, action: str) -> tuple[Ke
     algorithm, message_type = params["SigningAlgorithm"], params.get("MessageType", "RAW")
     key = await usable_key(svc, call, action, KeyUsage.SIGN_VERIFY, {"kms:MessageType": message_type})
     asymmetric.check_signing(key.key_spec, algorithm, message_type, params["Message"])
-    svc.check_dry_run(call)
     return key, algorithm, message_type
 
 
 async def sign(svc: KmsService, call: Call) -> Response:
     key, algorithm, message_type = await _signing_request(svc, call, "kms:Sign")
+    svc.check_dry_run(call)
     signature = asymmetric.sign(asymmetric.key_secret(key), algorithm, call.params["Message"], message_type)
     return {"KeyId": key.arn, "Signature": signature, "SigningAlgorithm": algorithm}
 
 
 async def verify(svc: KmsService, call: Call) -> Response:
-    """A bad signature is KMSInvalidSignatureException, never SignatureValid false (AWS Verify)."""
+    """A bad signature is KMSInvalidSignatureException, never SignatureValid false (AWS Verify), with
+    DryRun too: DryRun "checks if your request will succeed", and a Verify whose signature does not
+    verify will not (as a Decrypt's DryRun reads its ciphertext)."""
     key, algorithm, message_type = await _signing_request(svc, call, "kms:Verify")
     params = call.params
     asymmetric.verify(asymmetric.key_secret(key), algorithm, params["Message"], message_type,
                       params["Signature"])
+    svc.check_dry_run(call)
     return {"KeyId": key.arn, "SignatureValid": True, "SigningAlgorithm": algorithm}
 
 

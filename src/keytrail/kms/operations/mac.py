@@ -22,20 +22,22 @@ async def _mac_request(svc: KmsService, call: Call, action: str) -> tuple[Key, s
     algorithm = params["MacAlgorithm"]
     key = await usable_key(svc, call, action, KeyUsage.GENERATE_VERIFY_MAC)
     digest = hmac_keys.check_mac_algorithm(key.key_spec, algorithm)
-    svc.check_dry_run(call)
     return key, algorithm, digest
 
 
 async def generate_mac(svc: KmsService, call: Call) -> Response:
     key, algorithm, digest = await _mac_request(svc, call, "kms:GenerateMac")
+    svc.check_dry_run(call)
     mac = hmac_keys.generate_mac(key_secret(key), digest, call.params["Message"])
     return {"Mac": mac, "MacAlgorithm": algorithm, "KeyId": key.arn}
 
 
 async def verify_mac(svc: KmsService, call: Call) -> Response:
-    """A MAC that does not match is KMSInvalidMacException, never MacValid false."""
+    """A MAC that does not match is KMSInvalidMacException, never MacValid false, with DryRun too:
+    DryRun "checks if your request will succeed", and a VerifyMac whose MAC does not match will not."""
     key, algorithm, digest = await _mac_request(svc, call, "kms:VerifyMac")
     hmac_keys.verify_mac(key_secret(key), digest, call.params["Message"], call.params["Mac"])
+    svc.check_dry_run(call)
     return {"KeyId": key.arn, "MacValid": True, "MacAlgorithm": algorithm}
 
 
