@@ -21,12 +21,14 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
 from keytrail.audit import schema as audit_schema
 from keytrail.audit.schema import avro_long
+from keytrail.pipeline.avro_bounds import BodyCheck, body_check
 from keytrail.transport.frames import FRAME_HEADER, Payloads
 
 __all__ = ["AVRO_COLUMNS", "avro_frame", "known_writer", "read_writer_columns", "readable_avro", "say_unknown_writers"]
@@ -70,8 +72,7 @@ def _writers(framing: int = 0) -> dict[bytes, tuple[bytes, tuple[str, ...]]]:
 
 def _writer(path: Path, framing: int) -> tuple[bytes, tuple[bytes, tuple[str, ...]]]:
     raw = json.loads(path.read_bytes())
-    canonical = to_parsing_canonical_form(parse_schema(raw))
-    prefix = _MAGIC + struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
+    prefix = _prefix(raw)
     fields = {f["name"] for f in raw["fields"]}
     skipped = {"name": "_header", "type": {"type": "fixed", "name": "_Header", "size": framing + _PREFIX}}
     framed = json.dumps({**raw, "fields": [skipped, *raw["fields"]]}).encode()
@@ -88,6 +89,12 @@ def _writer(path: Path, framing: int) -> tuple[bytes, tuple[bytes, tuple[str, ..
         ]
     )
     return prefix, (header, tuple(c for c in AVRO_COLUMNS if c in fields))
+
+
+def _prefix(raw: dict[str, Any]) -> bytes:
+    """The single-object header (C3 01 + CRC-64-AVRO fingerprint) of values of the schema `raw`."""
+    canonical = to_parsing_canonical_form(parse_schema(raw))
+    return _MAGIC + struct.pack("<Q", int(fingerprint(canonical, "CRC-64-AVRO"), 16))
 
 
 def avro_frame(values: Sequence[bytes]) -> pl.DataFrame:
@@ -219,6 +226,8 @@ def read_writer_columns(prefix: bytes, values: Sequence[bytes], columns: Sequenc
     # Values read from the embedded log come as framed there: the header field takes each
     # record's frame header too, so the block is the log's bytes as they are.
     framing, body = (FRAME_HEADER, [values.framed()]) if isinstance(values, Payloads) else (0, values)
+    if not isinstance(values, Payloads):  # the embedded log's: our encoder's values, their frames' CRC32 checked
+        _refuse_lengths_past_ends(prefix, values)
     header, _ = _writers(framing)[prefix]
     size = sum(map(len, body)) + len(_ZEROS)
     count = len(values)
@@ -229,6 +238,26 @@ def read_writer_columns(prefix: bytes, values: Sequence[bytes], columns: Sequenc
             or headers[count] != _ZEROS[: framing + _PREFIX]):
         raise pl.exceptions.ComputeError("an Avro value's body does not end where the next value begins")
     return frame.slice(0, count).drop("_header")
+
+
+def _refuse_lengths_past_ends(prefix: bytes, values: Sequence[bytes]) -> None:
+    """Refuse, as undecodable, values holding a length that runs past their end (a damaged length,
+    a value cut short, another producer's bytes behind a copied header): polars' reader slices by
+    such a length unchecked, and past the block's end that is a Rust panic, its text on stderr
+    before the PanicException, once for each batch such a value came in."""
+    check = _body_checks()[prefix]
+    if not all(map(check, values, repeat(_PREFIX))):
+        raise pl.exceptions.ComputeError("an Avro value holds a length past its end")
+
+
+@lru_cache(maxsize=1)
+def _body_checks() -> dict[bytes, BodyCheck]:
+    """single-object prefix → the check of its bodies' lengths, for every known writer schema."""
+    checks = {}
+    for path in audit_schema.writer_schema_paths():
+        raw = json.loads(path.read_bytes())
+        checks[_prefix(raw)] = body_check(raw)
+    return checks
 
 
 #: Zero bytes are a whole Avro record of any schema (a `_header` of zeros, empty strings, first
