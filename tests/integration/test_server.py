@@ -987,6 +987,35 @@ def test_a_trailer_streamed_after_a_chunked_body_is_refused_431_not_held(fresh_s
     assert "Traceback" not in fresh_server.log.read_text()
 
 
+@pytest.mark.parametrize(("framing", "status"), [
+    ({"Transfer-Encoding": "gzip, chunked"}, b"501"),  # a coding keytrail does not read
+    ({"Transfer-Encoding": "chunked", "Expect": "200-ok"}, b"417"),  # an expectation it cannot meet
+], ids=["gzip-chunked", "expect"])
+def test_a_signed_call_keytrail_cannot_read_as_framed_is_refused_and_never_carried_out(
+        fresh_server: KeytrailServer, framing: dict[str, str], status: bytes) -> None:
+    """RFC 9112 §6.1, RFC 9110 §10.1.1: the coding, or the expectation, was ignored, so a signed
+    CreateKey sent with its body still coded, or waiting on an expectation, was carried out and
+    audited. Now it is refused before the app runs: no key, no audit record, counted."""
+    request = AWSRequest(method="POST", url=fresh_server.endpoint + "/", data=b"{}", headers={
+        "X-Amz-Target": "TrentService.CreateKey", "Content-Type": "application/x-amz-json-1.1", **framing})
+    SigV4Auth(Credentials("AKIAALICE000000000001", "alice-secret"), "kms", "us-east-1").add_auth(request)
+    headers = {"Host": f"127.0.0.1:{fresh_server.port}", **request.prepare().headers}
+    headers.pop("Content-Length", None)
+    head = "POST / HTTP/1.1\r\n" + "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
+    answer = b""
+    with socket.create_connection(("127.0.0.1", fresh_server.port), timeout=10) as sock:
+        sock.sendall(head.encode() + b"2\r\n{}\r\n0\r\n\r\n")
+        while data := sock.recv(65536):  # the connection closes after the answer
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 " + status + b" ") and b"connection: close" in answer, answer
+    assert fresh_server.client().list_keys()["Keys"] == []
+    refused = _counted(fresh_server.get("/metrics")[1].decode(), "keytrail_http_refused_requests_total")
+    assert refused["malformed_http"] == 1
+    assert fresh_server.stop() == 0
+    assert [event["eventName"] for _, event in iter_events(fresh_server.data_dir)] == ["ListKeys"]
+    assert "Traceback" not in fresh_server.log.read_text()
+
+
 def _counted(metrics: str, family: str) -> dict[str, int]:
     """A counter family with one label, `reason`, from a /metrics page."""
     prefix = family + '{reason="'

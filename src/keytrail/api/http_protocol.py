@@ -50,8 +50,9 @@ included (api/tls_handshake.py). Each
 connection closed so, before a request on it was served, is counted by its reason
 (`counting_refusals`, `REFUSAL_REASONS`) for /metrics: the log says only one a minute. So is each
 request the protocol refuses itself, never handed to the app (`REQUEST_REFUSAL_REASONS`: a 408, 431
-or 400 of its own; the app counts its 413 in the same counter), by its answer's reason: a client
-that never got to the KMS app left no trace an operator could see. Counted as it is refused, not
+or 400 of its own, and the 417, 501 and 505 of api/request_head.py, counted as malformed_http; the
+app counts its 413 in the same counter), by its answer's reason: a client that never got to the KMS
+app left no trace an operator could see. Counted as it is refused, not
 per request served.
 
 A client that closes its sending side once its requests are sent (a TCP half-close) still reads:
@@ -83,12 +84,13 @@ import time
 import uuid
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import httptools
-import orjson
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from keytrail.api.request_head import MALFORMED, Refusal, asks_for_h2c, head_refusal, last_answer, parser_refusal
 
 __all__ = ["REFUSAL_REASONS", "REQUEST_REFUSAL_REASONS", "TLS_EXTENSION", "ClientNoiseFilter",
            "CoalescingHttpToolsProtocol", "connection_limit", "plain_http_on_tls"]
@@ -114,8 +116,9 @@ _REFUSAL_LOG_SECONDS = 60.0  # one warning a minute while connections are refuse
 # its time (HANDSHAKE_SECONDS, a ClientHello never sent included), or plain HTTP sent instead.
 REFUSAL_REASONS = ("connection_limit", "tls_handshake_failed", "tls_handshake_timeout", "plain_http_on_tls")
 # Why a request was refused before the app carried it out, by its answer: 408, 431, 400 (by the
-# protocol, below), 413 and the ThrottlingException of bodies arriving past the bytes they may hold
-# together (by the app, which reads the body: api/app.py).
+# protocol, below; 417, 501 and 505 too, as malformed_http: api/request_head.py), 413 and the
+# ThrottlingException of bodies arriving past the bytes they may hold together (by the app, which
+# reads the body: api/app.py).
 REQUEST_REFUSAL_REASONS = ("request_timeout", "headers_too_large", "malformed_http", "body_too_large",
                            "protocol_upgrade", "large_bodies_throttled")
 
@@ -176,21 +179,6 @@ def connection_limit() -> int:
     return max(soft - RESERVED_DESCRIPTORS, 16)
 
 
-class _Refusal(NamedTuple):
-    """An answer the protocol writes itself to a request, and its reason in REQUEST_REFUSAL_REASONS."""
-
-    answer: bytes
-    reason: str
-
-
-def _last_answer(status: bytes, code: str, message: str) -> bytes:
-    """A whole AWS JSON error answer that closes its connection: what the protocol writes itself
-    when the app never gets the request."""
-    body = orjson.dumps({"__type": code, "message": message})
-    return (b"HTTP/1.1 %s\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: %d\r\n"
-            b"x-amzn-errortype: %s\r\nconnection: close\r\n\r\n%s" % (status, len(body), code.encode(), body))
-
-
 def _stamped(answer: bytes) -> bytes:
     """`answer` with a request id of its own, as the app's answers have: an SDK shows it with the
     error, and a question about a refused call starts from it. Added as it is sent, not built into
@@ -205,29 +193,8 @@ class _HeadTooLarge(Exception):
 
 class _HeadRefused(Exception):
     """Raised from the parser's callback to end the read of a request refused for its head
-    (`_head_refusal`): one asking to switch to a protocol other than HTTP/2, or naming two hosts."""
-
-
-def _head_refusal(upgrade: bool, headers: list[tuple[bytes, bytes]], http_version: str) -> _Refusal | None:
-    """The answer to a request refused for its head as it ends, if it is: asking to switch
-    protocols (`upgrade`: CONNECT, or an Upgrade other than h2c), or naming more than one host
-    (or, in HTTP/1.1, none)."""
-    if upgrade:
-        return _UPGRADE
-    hosts = sum(name == b"host" for name, _ in headers)
-    if hosts > 1 or (hosts == 0 and http_version == "1.1"):
-        return _NOT_ONE_HOST
-    return None
-
-
-def _asks_for_h2c(method: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a request httptools takes for an upgrade (CONNECT, or Connection: Upgrade with an
-    Upgrade header) asks only to switch to HTTP/2 over plain TCP, `Upgrade: h2c`: served as
-    HTTP/1.1. CONNECT, a WebSocket, or h2c offered among other protocols are not."""
-    if method == b"CONNECT":
-        return False
-    offered = [token.strip().lower() for name, value in headers if name == b"upgrade" for token in value.split(b",")]
-    return offered == [b"h2c"]
+    (api/request_head.py's `head_refusal`): one asking to switch to a protocol other than HTTP/2,
+    naming two hosts, in an HTTP version other than 1.x, or framed in a way keytrail cannot read."""
 
 
 def _framing_head(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -276,38 +243,24 @@ def _head_size(url: bytes, headers: list[tuple[bytes, bytes]]) -> int:
     return len(url) + sum(len(name) + len(value) + 4 for name, value in headers)
 
 
-_HEAD_TOO_LARGE = _Refusal(_last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
-                                        f"The request's URL and headers exceed {HEAD_BYTES} bytes."),
-                           "headers_too_large")
-_TRAILER_TOO_LARGE = _Refusal(_last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
-                                            f"The request's trailer fields exceed {HEAD_BYTES} bytes."),
-                               "headers_too_large")
+_HEAD_TOO_LARGE = Refusal(last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
+                                      f"The request's URL and headers exceed {HEAD_BYTES} bytes."),
+                          "headers_too_large")
+_TRAILER_TOO_LARGE = Refusal(last_answer(b"431 Request Header Fields Too Large", "RequestHeaderFieldsTooLarge",
+                                         f"The request's trailer fields exceed {HEAD_BYTES} bytes."),
+                             "headers_too_large")
 # A request still arriving on the connection closed to make room for a new one at the bound: its
 # client was the slowest, and an SDK retries a ThrottlingException.
-_MADE_WAY = _last_answer(b"400 Bad Request", "ThrottlingException",
-                         "The node is at its connection limit and this request was the slowest to arrive; "
-                         "send it again.")
-_OVERDUE = _Refusal(_last_answer(b"408 Request Timeout", "RequestTimeoutException",
-                                 "The request did not arrive whole in time."), "request_timeout")
-# CONNECT, or `Connection: Upgrade` with an Upgrade other than h2c alone (a WebSocket): keytrail has
-# no other protocol to switch to, and httptools ends such a request at its headers, its body unread
-# (uvicorn#2722, httptools#124). A request asking for h2c is served as HTTP/1.1 instead.
-_UPGRADE = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
-                                 "keytrail serves HTTP/1.1 and switches to no other protocol: send the request "
-                                 "without Connection: Upgrade."),
-                    "protocol_upgrade")
-# RFC 9112 §3.2: an HTTP/1.1 request "that lacks a Host header field" or "contains more than one Host
-# header field line" MUST be answered 400 (two, both signed, were taken joined with a comma, as
-# `tlsDetails.clientProvidedHostHeader`).
-_NOT_ONE_HOST = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
-                                   "The request must have exactly one Host header."), "malformed_http")
-_MALFORMED = _Refusal(_last_answer(b"400 Bad Request", "SerializationException",
-                                   "The request is not valid HTTP/1.1."), "malformed_http")
-_PLAIN_HTTP_ON_TLS = _last_answer(
+_MADE_WAY = last_answer(b"400 Bad Request", "ThrottlingException",
+                        "The node is at its connection limit and this request was the slowest to arrive; "
+                        "send it again.")
+_OVERDUE = Refusal(last_answer(b"408 Request Timeout", "RequestTimeoutException",
+                               "The request did not arrive whole in time."), "request_timeout")
+_PLAIN_HTTP_ON_TLS = last_answer(
     b"400 Bad Request", "SerializationException",
     "The request was sent as plain HTTP to a port that serves HTTPS: use an https:// endpoint URL.")
-_STOPPING = _last_answer(b"500 Internal Server Error", "KMSInternalException",
-                         "The server is shutting down; the request was not carried out. Retry it.")
+_STOPPING = last_answer(b"500 Internal Server Error", "KMSInternalException",
+                        "The server is shutting down; the request was not carried out. Retry it.")
 
 
 def plain_http_on_tls() -> bytes:
@@ -473,7 +426,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._maybe_before_head = 0
         self._read_bytes = 0  # of the read being parsed
         self._head_overflowed = False  # a head found past HEAD_BYTES as it ended (on_headers_complete)
-        self._head_refusal: _Refusal | None = None  # of a head refused as it ended (on_headers_complete)
+        self._head_refusal: Refusal | None = None  # of a head refused as it ended (on_headers_complete)
         # A chunk's size line was read and no data of it since: what follows is that chunk's data,
         # or the trailer section if it was the last (httptools does not say which). The reads
         # begun so are counted, and chunk data, which ends it, starts the count again.
@@ -482,7 +435,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._stalled: asyncio.TimerHandle | None = None  # armed while the client takes no more of an answer
         self._close_after_answer = False  # shutting down: the running request is answered, then it closes
         self._sent_all = False  # the client closed its sending side (eof_received): it closes after the answers
-        self._last: _Refusal | None = None  # of what follows the running request, sent after its answer
+        self._last: Refusal | None = None  # of what follows the running request, sent after its answer
         self._draining = False  # answered and closing: the rest of its request's body is read and dropped
         self._drained = 0  # bytes of it read meanwhile
         self._coalescing = _CoalescingTransport(transport, self.loop, self._lingers)
@@ -522,9 +475,9 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         counted while arriving: refused as the too large head it is, not as unreadable HTTP."""
         # `url` is set at each request's first byte; `_head_overflowed` by on_headers_complete.
         too_long = self._head_overflowed or len(getattr(self, "url", b"")) > _PARSED_URL_BYTES
-        self._refuse_next(self._head_refusal or (_HEAD_TOO_LARGE if too_long else _MALFORMED))
+        self._refuse_next(self._head_refusal or (_HEAD_TOO_LARGE if too_long else MALFORMED))
 
-    def _refuse_next(self, refusal: _Refusal) -> None:
+    def _refuse_next(self, refusal: Refusal) -> None:
         """Answer a request that will not be carried out with `refusal` and close the connection;
         after the answers of the requests before it if they still run (written now, the client
         would take it for theirs). Counted once, when it is decided."""
@@ -532,7 +485,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.count_refusal(refusal.reason)
         self._answer_next(refusal)
 
-    def _answer_next(self, refusal: _Refusal) -> None:
+    def _answer_next(self, refusal: Refusal) -> None:
         """`_refuse_next` without counting: also for a refusal held until the answers before it."""
         cycle = self.cycle
         if cycle is not None and cycle.more_body and self.pipeline and self.pipeline[0][0] is cycle:
@@ -627,8 +580,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         rest = None
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._unreadable()
+        except httptools.HttpParserError as error:
+            self._unreadable(error)
         except httptools.HttpParserUpgrade as upgrade:
             rest = data[upgrade.args[0]:]
         # Outside the except, so that a refusal's error does not take the upgrade as its context;
@@ -673,8 +626,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadTooLarge  # httptools stops reading; uvicorn's send_400_response refuses it
         version = self.parser.get_http_version()
         # httptools' upgrade is CONNECT or Connection: Upgrade; one asking for h2c alone is served.
-        refused_upgrade = self.parser.should_upgrade() and not _asks_for_h2c(self.parser.get_method(), self.headers)
-        self._head_refusal = _head_refusal(refused_upgrade, self.headers, version)
+        refused_upgrade = self.parser.should_upgrade() and not asks_for_h2c(self.parser.get_method(), self.headers)
+        self._head_refusal = head_refusal(refused_upgrade, self.headers, version, self.url)
         if self._head_refusal is not None:  # before the app runs
             raise _HeadRefused
         self._in_head = False
@@ -708,8 +661,10 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         self._refuse_next(_TRAILER_TOO_LARGE)
 
-    def _unreadable(self) -> None:
-        """uvicorn's answer to bytes the parser cannot read (its send_400_response, ours below)."""
+    def _unreadable(self, error: httptools.HttpParserError) -> None:
+        """uvicorn's answer to bytes the parser cannot read (its send_400_response, ours below), but
+        for an HTTP version it cannot read, answered as one keytrail does not serve (505)."""
+        self._head_refusal = self._head_refusal or parser_refusal(error)
         msg = "Invalid HTTP request received."
         self.logger.warning(msg)
         self.send_400_response(msg)
@@ -731,8 +686,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         framed = _framing_head(self.headers) + rest
         try:
             self.parser.feed_data(framed)
-        except httptools.HttpParserError:
-            self._unreadable()
+        except httptools.HttpParserError as error:
+            self._unreadable(error)
         except httptools.HttpParserUpgrade as upgrade:
             return framed[upgrade.args[0]:]
         return None
