@@ -8,6 +8,7 @@ kms:ViaService, encryption context, aws:SourceIp, aws:CurrentTime).
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -846,5 +847,34 @@ def test_principal_tags_decide_an_abac_key_policy_and_follow_a_reload(tmp_path: 
                 raise AssertionError(error.response["Error"]["Message"]) from error
 
         server.after_sighup(ted_encrypts)
+    finally:
+        server.stop()
+
+
+def test_a_deny_naming_a_user_is_not_dodged_by_its_other_access_key_written_with_another_path(
+        tmp_path: Path) -> None:
+    # A user rotating its key holds two; the second entry, copied with the same policies, wrote the
+    # user's ARN with a path and another case. keytrail took both as one identity, yet each key's
+    # caller acted as its own spelling: the key policy's Deny on alice missed the calls of the second.
+    principals = write_principals(tmp_path / "p.toml")
+    server = KeytrailServer(tmp_path / "data", principals=principals).start()
+    try:
+        alice = server.client("alice")
+        key = new_key(alice, policy(statement(ALICE, "kms:Decrypt", "Deny")))
+        blob = alice.encrypt(KeyId=key, Plaintext=b"payroll")["CiphertextBlob"]
+        second = PRINCIPALS["alice"][3][0]
+        principals.write_text(principals.read_text() + (
+            f'\n[[principal]]\narn = "arn:aws:iam::{ACCOUNT}:user/staff/Alice"\n'
+            f'access_key_id = "AKIAALICE000000000002"\nsecret_access_key = "alice-secret-2"\n'
+            f"policies = ['''{second}''']\n"))
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGHUP)
+        refused = (f"principal #7: arn:aws:iam::{ACCOUNT}:user/staff/Alice is {ALICE} of principal #1 with another "
+                   "path or case; an identity's ARN is the same whichever access key signs")
+        eventually_blocking(lambda: refused in server.log.read_text(), what="the reload's refusal in the log")
+        rotated = boto3.client("kms", endpoint_url=server.endpoint, region_name="us-east-1",
+                               aws_access_key_id="AKIAALICE000000000002", aws_secret_access_key="alice-secret-2")
+        assert error_of(rotated.decrypt, CiphertextBlob=blob)[0] == "UnrecognizedClientException"
+        assert error_of(alice.decrypt, CiphertextBlob=blob)[0] == "AccessDeniedException"
     finally:
         server.stop()

@@ -306,6 +306,18 @@ def _check_same_identity(principal: Principal, index: int, first: tuple[int, Pri
         if getattr(principal, what) != getattr(first_principal, what):
             raise PrincipalsFileError(f"{where}: {principal.policy_arn} has other {what} in principal #{first_index}; "
                                       f"an identity's {what} are the same whichever access key signs")
+    if _spelling(principal) != _spelling(first_principal):
+        # IAM gives an identity one ARN. Key policies and grants name it by that ARN, exactly: two
+        # spellings made one user two callers, and a Deny naming user/bob missed the calls signed
+        # with its key written user/staff/Bob. The partition is not the spelling (the Region sets it).
+        raise PrincipalsFileError(f"{where}: {principal.policy_arn} is {first_principal.policy_arn} of principal "
+                                  f"#{first_index} with another path or case; an identity's ARN is the same "
+                                  "whichever access key signs")
+
+
+def _spelling(principal: Principal) -> str:
+    """The ARN the entry gives its identity (a role's, for its sessions), less its partition."""
+    return principal.policy_arn.split(":", 2)[2]
 
 
 class CredentialStore:

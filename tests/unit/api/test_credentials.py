@@ -219,6 +219,32 @@ def test_one_identity_written_two_ways_has_one_set_of_policies(tmp_path: Path, f
                                "principal #1; an identity's policies are the same whichever access key signs")
 
 
+@pytest.mark.parametrize(("first", "second"), [
+    ("arn:aws:iam::111122223333:user/Bob", "arn:aws:iam::111122223333:user/bob"),
+    ("arn:aws:iam::111122223333:user/bob", "arn:aws:iam::111122223333:user/staff/bob"),
+    ("arn:aws:iam::111122223333:role/app", "arn:aws-cn:iam::111122223333:role/other/App"),
+])
+def test_one_identity_written_with_two_paths_or_cases_is_refused(tmp_path: Path, first: str, second: str) -> None:
+    # With the same policies both loaded, each entry's caller acting as its own spelling: a key
+    # policy's Deny naming one spelling missed the calls signed with the other key.
+    session = 'session_name = "s1"\n' if ":role/" in first else ""
+    written_as = ALICE.replace("arn:aws:iam::111122223333:user/alice", first) + session
+    also_as = ALICE.replace("arn:aws:iam::111122223333:user/alice", second).replace("000000000001", "000000000002")
+    with pytest.raises(PrincipalsFileError) as info:
+        _load(tmp_path, written_as + also_as + session)
+    assert str(info.value) == (f"{tmp_path / 'principals.toml'}: principal #2: {second} is {first} of principal #1 "
+                               "with another path or case; an identity's ARN is the same whichever access key signs")
+
+
+def test_one_identity_written_in_two_partitions_is_one_caller(tmp_path: Path) -> None:
+    # The partition is the Region's to set (docs/api-compatibility.md): both keys act as one user.
+    other = ALICE.replace("arn:aws:", "arn:aws-cn:").replace("000000000001", "000000000002")
+    loaded = _load(tmp_path, ALICE + other)
+    assert isinstance(loaded, dict)
+    first, second = (loaded[f"AKIAALICE00000000000{n}"].principal.in_partition("aws") for n in (1, 2))
+    assert first.arn == second.arn == "arn:aws:iam::111122223333:user/alice"
+
+
 def test_users_and_roles_of_one_name_and_users_of_other_accounts_are_other_identities(tmp_path: Path) -> None:
     others = [ALICE.replace("user/alice", "role/alice"), ALICE.replace("111122223333", "444455556666"),
               ALICE.replace("user/alice", "user/alice2"), ALICE.replace("user/alice", "user/alice/x")]
