@@ -24,10 +24,15 @@ __all__ = ["PostgresConnections", "session_settings"]
 log = logging.getLogger(__name__)
 
 # The database out of reach: the socket's errors (a connection refused, reset or closed under a
-# statement, a name that does not resolve), or the server shutting down or not taking connections
-# yet (SQLSTATE class 08, 57P01 to 57P03).
+# statement, a name that does not resolve), the server shutting down or not taking connections
+# yet (SQLSTATE class 08, 57P01 to 57P03), or not letting the node's new connections in: the store's
+# database dropped or renamed (3D000), the role's password changed, the role dropped or pg_hba.conf
+# no longer naming it (class 28). Those raised out of every call that needed a new connection, a
+# traceback each, answered "An internal error occurred."; like an outage, they end when the
+# database lets the node in again.
 _OUT_OF_REACH = (OSError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
-                 asyncpg.CannotConnectNowError)
+                 asyncpg.CannotConnectNowError, asyncpg.InvalidCatalogNameError,
+                 asyncpg.InvalidAuthorizationSpecificationError)
 
 # The database giving up a statement itself: a statement_timeout or lock_timeout that the DBA set on
 # the role or the database (SQLSTATE 57014, 55P03), or pg_cancel_backend. They raised out of the
