@@ -51,12 +51,15 @@ __all__ = ["LOG_FILE_NAMES", "Held", "LogFile", "LogFileProblem", "ReadReport", 
 KMS_SOURCE = "kms.amazonaws.com"
 # Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
 _DIGEST_FIELDS = ("digestStartTime", "digestEndTime", "logFiles")
-#: The most text one value of a log file may span once decompressed: a record, or a member of the
-#: document read whole (lookup-events output's "Events"). A file is read a record at a time, so its
-#: own length does not matter; one value is parsed whole, so a small .gz expanding to gigabytes of
-#: one string (a gzip bomb, or a file that is no CloudTrail log) must stop at a known size, not at
-#: the machine's memory. A CloudTrail record is a few KB.
-MAX_VALUE_CHARS = 512 << 20
+#: The most text one value of a log file may span once decompressed: a record, or the members of
+#: a document read whole (all but its Records, Events or events: a digest file's, or a record's
+#: own when the document is one). A file is read a record at a time, so its own length does not
+#: matter; one value is parsed whole, into objects that take up to 10 times its text (`[1,1,…]`:
+#: a pointer per 2 characters), so a small .gz expanding to one huge value (a gzip bomb, or a file
+#: that is no CloudTrail log) must stop at a known size, not at the machine's memory: at 512 MiB a
+#: 200 KB .gz took 1.1 GB. A CloudTrail record is a few KB, at most a few hundred (CloudTrail
+#: truncates requestParameters, responseElements and serviceEventDetails at 100 KB each).
+MAX_VALUE_CHARS = 32 << 20
 
 
 class LogFileProblem(ValueError):
@@ -255,23 +258,7 @@ class LogFile:
             stream.value()  # JSON that is no object: its syntax errors said as such
             stream.end()
             raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
-        others: dict[str, Any] = {}
-        seen: set[str] = set()
-        streamed = False
-        while (key := stream.next_key()) is not None:
-            if key in seen:
-                raise LogFileProblem(f"{self.path}: line {stream.line()}: {json.dumps(key)} appears twice in the "
-                                     "document (a JSON reader keeps one of the two and loses the other's records)")
-            seen.add(key)
-            if key == "Records" and stream.begin_array():
-                streamed = True
-                yield from self._records(stream)
-            elif key in _CARRIERS and not _is_control_message(others) and stream.begin_array():
-                streamed = True
-                yield from self._carried(stream, _CARRIERS[key], first_line)
-            else:
-                with collector_paused():
-                    others[key] = stream.value()
+        others, streamed = yield from self._members(stream, first_line)
         if streamed or _is_control_message(others):
             return False
         if is_digest(others):
@@ -282,6 +269,32 @@ class LogFile:
             yield from _records_of(others)
             return True
         raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
+
+    def _members(self, stream: JsonStream, first_line: int) -> Generator[Any, None, tuple[dict[str, Any], bool]]:
+        """The records of the members of the object `stream` entered that hold them, as they come;
+        returns the other members (read whole, as one value: MAX_VALUE_CHARS of text in all) and
+        whether any member held records."""
+        others: dict[str, Any] = {}
+        streamed: set[str] = set()  # the members whose records were read as they came
+        held, mark = 0, stream.offset()  # the text of the members kept in `others` (and their names)
+        while (key := stream.next_key()) is not None:
+            if key in others or key in streamed:
+                raise LogFileProblem(f"{self.path}: line {stream.line()}: {_clipped(json.dumps(key))} appears twice in "
+                                     "the document (a JSON reader keeps one of the two and loses the other's records)")
+            if key == "Records" and stream.begin_array():
+                streamed.add(key)
+                yield from self._records(stream)
+            elif key in _CARRIERS and not _is_control_message(others) and stream.begin_array():
+                streamed.add(key)
+                yield from self._carried(stream, _CARRIERS[key], first_line)
+            else:
+                with collector_paused():
+                    others[key] = stream.value()
+                held += stream.offset() - mark
+                if held > MAX_VALUE_CHARS:  # a million members `"m1": 1` after the Records: no document's
+                    raise ValueTooLarge(first_line, MAX_VALUE_CHARS)
+            mark = stream.offset()
+        return others, bool(streamed)
 
     def _sequence(self, stream: JsonStream) -> Iterator[Any]:
         """The records of the values after a first record, each a record or an EventBridge event
@@ -761,6 +774,21 @@ _CHECKED_TOGETHER = 512
 
 
 def _id_of(record: dict[str, Any]) -> str:
-    """` (eventID <id>)` when the record names one that can be shown, to find it by."""
+    """` (eventID <id>)` when the record names one that can be shown, to find it by (its start, when
+    it is longer than any of CloudTrail's: `_clipped`)."""
     event_id = record.get("eventID")
-    return f" (eventID {event_id})" if isinstance(event_id, str) and event_id.isprintable() and event_id else ""
+    if not (isinstance(event_id, str) and event_id.isprintable() and event_id):
+        return ""
+    return f" (eventID {_clipped(event_id)})"
+
+
+def _clipped(text: str) -> str:
+    """`text`, or its start and its length when longer than _SHOWN_CHARS: a problem names what a
+    file holds, and a file may hold a name of 32 MiB (MAX_VALUE_CHARS), each problem kept and said."""
+    if len(text) <= _SHOWN_CHARS:
+        return text
+    return f"{text[:_SHOWN_CHARS]}… ({len(text):,} characters)"
+
+
+#: Past a CloudTrail eventID (36) and the longest member name of a record.
+_SHOWN_CHARS = 64

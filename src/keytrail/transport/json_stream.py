@@ -185,6 +185,11 @@ class JsonStream:
         """The line (1-based) of the document reading has reached."""
         return self._line(self._pos)
 
+    def offset(self) -> int:
+        """How many characters of the document reading has gone past (what a caller holding the
+        values it read measures them by)."""
+        return self._chars_dropped + self._pos
+
     def value_text(self) -> tuple[int, str]:
         """The line the value being read begins on, and its text as far as it was read (what a
         caller looks into for where json's other errors, NaN or a nesting too deep, are)."""
