@@ -44,6 +44,12 @@ _CANCELED = (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError)
 # files (its disk full, 53100: "could not extend file"; an I/O error, 58030). They raised out of
 # each write as bugs: a traceback a call, "An internal error occurred." to the client.
 _WRITES_REFUSED = (asyncpg.ReadOnlySQLTransactionError, asyncpg.DiskFullError, asyncpg.PostgresIOError)
+# The database short of a resource a statement needs (SQLSTATE class 53 but for the disk full and the
+# connections refused above): "out of shared memory" (53200) once its lock table is full (another
+# session's locks taking the max_locks_per_transaction times max_connections slots that the nodes'
+# advisory key locks take too), or a configured limit reached (53400). They raised out of each call
+# as bugs: a traceback a call, "An internal error occurred." to the client.
+_SHORT_OF_RESOURCES = asyncpg.InsufficientResourcesError
 # Seconds between two log lines of one kind of the database's refusals (a new connection, a
 # statement for the role's privileges, a statement it gave up).
 REFUSED_LOG_SECONDS = 60.0
@@ -135,6 +141,8 @@ class PostgresConnections:
             raise self._denied(exc) from None
         except _WRITES_REFUSED as exc:  # the cause kept: the database's words, for the health check's and a CLI's line
             raise self._write_refused(exc) from exc
+        except _SHORT_OF_RESOURCES as exc:
+            raise self._short_of(exc) from exc
         except _OUT_OF_REACH as exc:
             if type(exc).__module__.startswith("keytrail"):  # keytrail's own OSErrors (LedgerMismatch): no outage
                 raise
@@ -213,6 +221,16 @@ class PostgresConnections:
         if self._log_due("writes"):
             log.error("the key store refused a write (%s): calls that change keys, aliases or grants fail with "
                       "KMSInternalException until the database takes writes again", " ".join(str(exc).split()))
+        return errors.KMSInternalException(
+            "The request was rejected because an internal exception occurred. The request can be retried.")
+
+    def _short_of(self, exc: asyncpg.PostgresError) -> errors.KmsError:
+        """AWS's retryable internal error when the database lacks a resource for the call's
+        statement; logged at most once a minute, with PostgreSQL's hint, which names the setting
+        to raise ("You might need to increase max_locks_per_transaction.")."""
+        if self._log_due("resources"):  # asyncpg's text of it ends with the hint
+            log.error("the key store is short of a resource (%s): calls fail with KMSInternalException until it "
+                      "has it again", " ".join(str(exc).split()))
         return errors.KMSInternalException(
             "The request was rejected because an internal exception occurred. The request can be retried.")
 
