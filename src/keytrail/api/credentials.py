@@ -20,7 +20,7 @@ from typing import Any
 from keytrail.api.sigv4 import SigningKeys
 from keytrail.kms.context import ORGANIZATION_ID, IdentityType, Principal
 from keytrail.kms.errors import KmsError
-from keytrail.kms.partitions import ARN_PARTITION
+from keytrail.kms.partitions import ARN_PARTITION, DEFAULT_PARTITION, with_partition
 from keytrail.kms.policy_document import check_condition_values, parse_policy
 from keytrail.owner_only import open_file, read_regular_text, sharing_problem
 
@@ -82,7 +82,10 @@ class Credential:
 
 
 def _principal_id(prefix: str, arn: str) -> str:
-    return prefix + hashlib.sha256(arn.encode()).hexdigest()[:17].upper()
+    """The identity's unique id (aws:userid, the records' principalId), one whatever the partition
+    its entry is written in, as its caller's ARN is (the Region sets it): hashed in the aws partition,
+    so ids of entries written so are unchanged."""
+    return prefix + hashlib.sha256(with_partition(arn, DEFAULT_PARTITION).encode()).hexdigest()[:17].upper()
 
 
 def _policies(entry: dict[str, Any], where: str) -> tuple[dict[str, Any], ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -243,6 +244,10 @@ def test_one_identity_written_in_two_partitions_is_one_caller(tmp_path: Path) ->
     assert isinstance(loaded, dict)
     first, second = (loaded[f"AKIAALICE00000000000{n}"].principal.in_partition("aws") for n in (1, 2))
     assert first.arn == second.arn == "arn:aws:iam::111122223333:user/alice"
+    # Its unique id too (aws:userid, the records' principalId): the aws-cn entry had another, so a
+    # Deny on alice's id missed the calls of that key. An entry written in aws keeps the id it had.
+    expected = "AIDA" + hashlib.sha256(b"arn:aws:iam::111122223333:user/alice").hexdigest()[:17].upper()
+    assert first.principal_id == second.principal_id == expected
 
 
 def test_users_and_roles_of_one_name_and_users_of_other_accounts_are_other_identities(tmp_path: Path) -> None:
