@@ -90,7 +90,7 @@ import httptools
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from keytrail.api.request_head import MALFORMED, Refusal, asks_for_h2c, head_refusal, last_answer, parser_refusal
+from keytrail.api.request_head import MALFORMED, HeadChecks, Refusal, asks_for_h2c, last_answer, parser_refusal
 
 __all__ = ["REFUSAL_REASONS", "REQUEST_REFUSAL_REASONS", "TLS_EXTENSION", "ClientNoiseFilter",
            "CoalescingHttpToolsProtocol", "connection_limit", "plain_http_on_tls"]
@@ -193,7 +193,7 @@ class _HeadTooLarge(Exception):
 
 class _HeadRefused(Exception):
     """Raised from the parser's callback to end the read of a request refused for its head
-    (api/request_head.py's `head_refusal`): one asking to switch to a protocol other than HTTP/2,
+    (api/request_head.py's `HeadChecks`): one asking to switch to a protocol other than HTTP/2,
     naming two hosts, in an HTTP version other than 1.x, or framed in a way keytrail cannot read."""
 
 
@@ -427,6 +427,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self._read_bytes = 0  # of the read being parsed
         self._head_overflowed = False  # a head found past HEAD_BYTES as it ended (on_headers_complete)
         self._head_refusal: Refusal | None = None  # of a head refused as it ended (on_headers_complete)
+        self._head_checks = HeadChecks()
         # A chunk's size line was read and no data of it since: what follows is that chunk's data,
         # or the trailer section if it was the last (httptools does not say which). The reads
         # begun so are counted, and chunk data, which ends it, starts the count again.
@@ -627,7 +628,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         version = self.parser.get_http_version()
         # httptools' upgrade is CONNECT or Connection: Upgrade; one asking for h2c alone is served.
         refused_upgrade = self.parser.should_upgrade() and not asks_for_h2c(self.parser.get_method(), self.headers)
-        self._head_refusal = head_refusal(refused_upgrade, self.headers, version, self.url)
+        self._head_refusal = self._head_checks.refusal(refused_upgrade, self.headers, version, self.url)
         if self._head_refusal is not None:  # before the app runs
             raise _HeadRefused
         self._in_head = False

@@ -19,24 +19,30 @@ header's colon, NUL or CR in a value. What it takes, and what is refused here, a
 - an absolute-form target (`POST http://host/ HTTP/1.1`) naming a host other than the Host
   header: the Host header was taken, where RFC 9112 §3.2.2 has the target's host override it,
   so the host the client addressed was not the one signed and audited. 400.
+- a Host that is no host and port (`a, b`, `user@a`, `a/b`): taken, and recorded as the call's
+  `clientProvidedHostHeader`. 400 (RFC 9112 §3.2: MUST).
 
 Each answer closes its connection. The usual request costs the same as before these checks: one
-pass over the header names (the Host count needed it already), and the rare headers are read only
-when present.
+pass over the header names (the Host count needed it already), the rare headers read only when
+present, and the Host matched once a connection (`HeadChecks`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import orjson
 
-__all__ = ["MALFORMED", "UNSUPPORTED_VERSION", "Refusal", "asks_for_h2c", "head_refusal", "last_answer",
+__all__ = ["MALFORMED", "UNSUPPORTED_VERSION", "HeadChecks", "Refusal", "asks_for_h2c", "last_answer",
            "parser_refusal"]
 
 Headers = list[tuple[bytes, bytes]]  # as uvicorn keeps them: names lowercased, values as sent
 # Headers whose presence calls for a closer look: absent from every SDK's KMS request.
 _RARE = frozenset({b"transfer-encoding", b"expect"})
+# RFC 3986's uri-host (an IP-literal, or a reg-name, which an IPv4 address also is) and an optional port;
+# percent-encoding taken loosely: `%` is no byte that could end the value or start another.
+_HOST = re.compile(rb"(?:[A-Za-z0-9._~!$&'()*+,;=%-]*|\[[A-Za-z0-9:._~!$&'()*+,;=-]+\])(?::[0-9]*)?")
 # llhttp's errors for a request line of another HTTP version.
 _VERSION_ERRORS = (("Invalid HTTP version",), ("Pause on PRI/Upgrade",))
 
@@ -85,32 +91,50 @@ _EXPECTATION = Refusal(last_answer(b"417 Expectation Failed", "ExpectationFailed
                                    "keytrail meets no expectation but 100-continue."),
                        "malformed_http")
 _OTHER_HOST = _malformed("The request target names a host other than the Host header.")
+# RFC 9112 §3.2: a Host "with an invalid field value" MUST be answered 400 (RFC 9110 §7.2: uri-host
+# [":" port]). `Host: a, b`, `Host: user@a`, `Host: a/b` were served, and recorded as the
+# clientProvidedHostHeader of the call.
+_INVALID_HOST = _malformed("The request's Host header is not a host and port.")
 
 
-def head_refusal(upgrade: bool, headers: Headers, version: str, url: bytes) -> Refusal | None:
-    """The answer to a request refused for its head as it ends, if it is: asking to switch
-    protocols (`upgrade`: CONNECT, or an Upgrade other than h2c), in an HTTP version other than
-    1.1 and 1.0, naming more than one host (or, in HTTP/1.1, none), or one of the module
-    docstring's faults in its framing, expectations or target."""
-    if upgrade:
-        return UPGRADE
-    if version != "1.1" and version != "1.0":
-        return UNSUPPORTED_VERSION
-    hosts, rare = 0, False
-    for name, _ in headers:  # one plain loop: cheaper than the generator that counted hosts alone
-        if name == b"host":
-            hosts += 1
-        elif name in _RARE:
-            rare = True
-    if hosts > 1 or (hosts == 0 and version == "1.1"):
-        return NOT_ONE_HOST
-    if rare:
-        refusal = _rare_header_refusal(headers, version)
-        if refusal is not None:
-            return refusal
-    if not url.startswith(b"/") and url != b"*":
-        return _target_refusal(headers, url)
-    return None
+class HeadChecks:
+    """The checks of each request head on one connection (`refusal`). The Host value last found
+    valid is kept: a client sends the same one on every request, so it is matched once a
+    connection, not once a request."""
+
+    __slots__ = ("_valid_host",)
+
+    def __init__(self) -> None:
+        self._valid_host: bytes | None = None
+
+    def refusal(self, upgrade: bool, headers: Headers, version: str, url: bytes) -> Refusal | None:
+        """The answer to a request refused for its head as it ends, if it is: asking to switch
+        protocols (`upgrade`: CONNECT, or an Upgrade other than h2c), in an HTTP version other than
+        1.1 and 1.0, naming more than one host (or, in HTTP/1.1, none) or a Host no URI has, or one
+        of the module docstring's faults in its framing, expectations or target."""
+        if upgrade:
+            return UPGRADE
+        if version != "1.1" and version != "1.0":
+            return UNSUPPORTED_VERSION
+        hosts, host, rare = 0, b"", False
+        for name, value in headers:  # one plain loop: cheaper than the generator that counted hosts alone
+            if name == b"host":
+                hosts, host = hosts + 1, value
+            elif name in _RARE:
+                rare = True
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            return NOT_ONE_HOST
+        if host != self._valid_host:
+            if _HOST.fullmatch(host) is None:
+                return _INVALID_HOST
+            self._valid_host = host
+        if rare:
+            refusal = _rare_header_refusal(headers, version)
+            if refusal is not None:
+                return refusal
+        if not url.startswith(b"/") and url != b"*":
+            return _target_refusal(headers, url)
+        return None
 
 
 def parser_refusal(error: Exception) -> Refusal | None:

@@ -85,15 +85,19 @@ NEXT = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}"
      b"417 Expectation Failed", "ExpectationFailed"),
     (b"POST http://elsewhere.example/ HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}",
      b"400 Bad Request", "SerializationException"),
+    (b"POST / HTTP/1.1\r\nhost: x, y\r\ncontent-length: 2\r\n\r\n{}", b"400 Bad Request", "SerializationException"),
+    (b"POST / HTTP/1.1\r\nhost: user@x\r\ncontent-length: 2\r\n\r\n{}", b"400 Bad Request", "SerializationException"),
+    (b"POST / HTTP/1.1\r\nhost: x/y\r\ncontent-length: 2\r\n\r\n{}", b"400 Bad Request", "SerializationException"),
 ], ids=["gzip-chunked", "coding-per-line", "chunked-not-last", "http-1.0-chunked", "http-2.0", "http-3.0",
-        "h2-preface", "http-0.9", "unknown-expectation", "expectation-among-100-continue", "absolute-other-host"])
+        "h2-preface", "http-0.9", "unknown-expectation", "expectation-among-100-continue", "absolute-other-host",
+        "host-list", "host-userinfo", "host-path"])
 async def test_a_request_framed_or_addressed_as_keytrail_cannot_serve_is_refused_and_its_connection_closed(
         sent: bytes, status: bytes, code: str) -> None:
     """RFC 9112 §6.1 (501 for a transfer coding not understood, 400 and close when chunked is not
     last or the request is HTTP/1.0), RFC 9110 §15.6.6 (505), §10.1.1 (417), RFC 9112 §3.2.2 (the
-    target's host overrides Host). Each was served before, the coding or expectation ignored, as
-    HTTP/1.1, or addressed to the Host header's host; or, for the versions the parser cannot
-    read, answered as unreadable HTTP."""
+    target's host overrides Host), §3.2 (a Host that is no host and port). Each was served before,
+    the coding or expectation ignored, as HTTP/1.1, or addressed to the Host header's host; or, for
+    the versions the parser cannot read, answered as unreadable HTTP."""
     server, port = await _serve(seen := [], refused := Counter())
     try:
         answer = await _exchange(port, sent + NEXT)
@@ -110,7 +114,8 @@ async def test_a_request_framed_or_addressed_as_keytrail_cannot_serve_is_refused
     b"POST http://X:80/ HTTP/1.1\r\nhost: x:80\r\ncontent-length: 2\r\n\r\n{}",  # the target's host is Host's
     b"POST / HTTP/1.1\r\nhost: x\r\nexpect: 100-Continue\r\ncontent-length: 2\r\n\r\n{}",
     b"POST / HTTP/1.1\r\nhost: x\r\nexpect:\r\ncontent-length: 2\r\n\r\n{}",  # no expectation at all
-], ids=["chunked", "absolute-same-host", "100-continue", "empty-expect"])
+    b"POST / HTTP/1.1\r\nhost: [::1]:4599\r\ncontent-length: 2\r\n\r\n{}",
+], ids=["chunked", "absolute-same-host", "100-continue", "empty-expect", "ipv6-host"])
 async def test_requests_rfc_9112_allows_are_served_and_keep_their_connection(sent: bytes) -> None:
     server, port = await _serve(seen := [], refused := Counter())
     try:
@@ -131,11 +136,15 @@ async def test_an_http_1_0_request_is_served_its_expectation_ignored() -> None:
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and seen == [("POST", "/", b"{}")] and refused == {}
 
 
-async def test_a_refusal_behind_a_served_request_comes_after_its_answer() -> None:
+@pytest.mark.parametrize(("behind", "status"), [
+    (b"POST / HTTP/2.0\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}", b"505 "),
+    (b"POST / HTTP/1.1\r\nhost: x y\r\ncontent-length: 2\r\n\r\n{}", b"400 "),  # another Host than the first's
+], ids=["version", "host"])
+async def test_a_refusal_behind_a_served_request_comes_after_its_answer(behind: bytes, status: bytes) -> None:
     server, port = await _serve(seen := [], refused := Counter())
     try:
-        answer = await _exchange(port, NEXT + b"POST / HTTP/2.0\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}")
+        answer = await _exchange(port, NEXT + behind)
     finally:
         server.should_exit = True
-    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\n\r\n{}HTTP/1.1 505 " in answer, answer
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\n\r\n{}HTTP/1.1 " + status in answer, answer
     assert seen == [("POST", "/", b"{}")] and refused == {"malformed_http": 1}
