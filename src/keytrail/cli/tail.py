@@ -116,7 +116,7 @@ async def detect_live(data_dir: Path, runner: DetectorRunner, announce: Callable
     async for values, offset, spans in _follow(data_dir, start, DETECTOR_BATCH, DETECTOR_GATHER_SECONDS, held):
         with batch_guard(f"a batch of {len(values)} values of the event log"):
             for run, from_import in imported.runs(values, spans):  # a damaged value costs itself, not its batch
-                announce(await runner.feed_values(run, imported=from_import))
+                announce(await runner.feed_values(run, imported=from_import, from_event_log=True))
             # Until a batch comes short (the log's end) the detector is replaying the past after a
             # start: a tick as of the clock would judge keys on half their history (unused-key for
             # a key whose later use is still unread) and let go of alarms that later events of

@@ -49,14 +49,15 @@ async def avro_events(values: Sequence[bytes], *, chunk: int) -> AsyncIterator[l
         yield events_of(rows[start : start + chunk])
 
 
-async def avro_rows(values: Sequence[bytes]) -> list[AvroRow]:
+async def avro_rows(values: Sequence[bytes], *, from_event_log: bool = False) -> list[AvroRow]:
     """The EVENT_FIELDS of each value, decoded in a worker thread; what polars raises when a body
-    is damaged propagates (`events_of` then turns rows into events a chunk at a time)."""
-    columns = await asyncio.to_thread(_columns, values)
+    is damaged propagates (`events_of` then turns rows into events a chunk at a time).
+    `from_event_log`: as `decode.read_writer_columns` takes it."""
+    columns = await asyncio.to_thread(_columns, values, from_event_log)
     return list(zip(*(columns[name] for name in EVENT_FIELDS), strict=True))
 
 
-def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
+def _columns(values: Sequence[bytes], from_event_log: bool) -> dict[str, list[Any]]:
     """EVENT_FIELDS of `values` as Python lists (eventTime in epoch ms), one row per value in order.
     Worker thread: polars runs on its own thread pool, where a query started from the event loop
     would queue behind the metrics consumer's. Values of an unknown writer schema are left out
@@ -67,7 +68,7 @@ def _columns(values: Sequence[bytes]) -> dict[str, list[Any]]:
         if not known_writer(prefix):
             log.warning("detector: skipping %d values of unknown writer schema %s", len(same_writer), prefix.hex())
             continue
-        frames.append(read_writer_columns(prefix, same_writer, EVENT_FIELDS))
+        frames.append(read_writer_columns(prefix, same_writer, EVENT_FIELDS, from_event_log=from_event_log))
     if not frames:
         return {name: [] for name in EVENT_FIELDS}
     frame = pl.concat(frames, how="vertical_relaxed").with_columns(pl.col("eventTime").dt.epoch("ms"))

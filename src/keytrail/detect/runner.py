@@ -167,17 +167,19 @@ class DetectorRunner:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def feed_values(self, values: Sequence[bytes], *, imported: bool = False) -> list[Alarm]:
+    async def feed_values(self, values: Sequence[bytes], *, imported: bool = False,
+                          from_event_log: bool = False) -> list[Alarm]:
         """`feed` for audit topic values, in order: runs of Avro values through the columnar reader
         serve's detector child uses (a quarter of the CPU of decoding each value to a CloudTrail
         dict: bench/pipeline_sources.py), JSON records, and Avro it cannot read, through the
         record decoder, which skips what it cannot read either. Serve's detector child reads its
         event log's values here too: one damaged value costs that value, not its batch.
-        `imported`: history `keytrail audit import` added (`Detector.process_events`)."""
+        `imported`: history `keytrail audit import` added (`Detector.process_events`).
+        `from_event_log`: values of the embedded log (`decode.read_writer_columns`)."""
         announced: list[Alarm] = []
         for avro, run in itertools.groupby(values, key=is_avro):
             same_kind = list(run)
-            rows = await _columnar_rows(same_kind) if avro else None
+            rows = await _columnar_rows(same_kind, from_event_log) if avro else None
             if rows is None:  # in a worker thread: one by one, a batch of 4,000 takes ~75 ms
                 announced += await self.feed(await asyncio.to_thread(self._decoder(), same_kind), imported=imported)
             else:
@@ -241,7 +243,7 @@ def batch_guard(batch: str) -> Iterator[None]:
         log.debug("detector failure on %s", batch, exc_info=True)
 
 
-async def _columnar_rows(values: list[bytes]) -> list[AvroRow] | None:
+async def _columnar_rows(values: list[bytes], from_event_log: bool) -> list[AvroRow] | None:
     """The rows of Avro values through the columnar reader, or None when it cannot read them all
     (the record decoder then finds and skips the bad ones and keeps the rest)."""
     import polars as pl
@@ -249,7 +251,7 @@ async def _columnar_rows(values: list[bytes]) -> list[AvroRow] | None:
     from keytrail.detect.avro_events import avro_rows  # polars: not for the offline CloudTrail path
 
     try:
-        return await avro_rows(values)
+        return await avro_rows(values, from_event_log=from_event_log)
     # Whatever a foreign or damaged value makes the reader raise, its panics included: polars'
     # PanicException is a BaseException, which went through to end the detector.
     except (Exception, pl.exceptions.PanicException) as exc:
