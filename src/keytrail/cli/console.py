@@ -27,18 +27,21 @@ from keytrail.transport.segment_log import SegmentLog, event_log_dir
 if TYPE_CHECKING:
     from keytrail.pipeline.prices import PriceTable
 
-__all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "KAFKA_BOOTSTRAP", "LISTEN_ADDRESS",
-           "MQTT_URL", "STORE_URL", "Terminated", "address_option", "bootstrap_problem", "cloudtrail_paths",
-           "counted", "event_log_damage", "fail", "given", "interrupted_status", "log_files_problem",
-           "missing_paths", "mqtt_password_warning", "mqtt_problem", "named_path", "no_core_dumps",
+__all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "FREE_TIER_HELP", "KAFKA_BOOTSTRAP",
+           "LISTEN_ADDRESS", "MQTT_URL", "STORE_URL", "Terminated", "address_option", "bootstrap_problem",
+           "cloudtrail_paths", "counted", "event_log_damage", "fail", "given", "interrupted_status",
+           "log_files_problem", "missing_paths", "mqtt_password_warning", "mqtt_problem", "named_path", "no_core_dumps",
            "number_in_range", "os_problem", "path_option", "price_table", "printable", "terminate_as_interrupt",
            "url_password", "url_secrets"]
 
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
 CLOUDTRAIL_HELP = ("CloudTrail log files or folders (.json, .json.gz; lookup-events, CloudWatch Logs, EventBridge "
-                   "and JSON lines shapes too): several after one --cloudtrail, or repeat it.")
+                   "and JSON lines shapes too; - for standard input): several after one --cloudtrail, or repeat it.")
 
+#: The help of `--free-tier/--no-free-tier` (cost, report): see `price_table`.
+FREE_TIER_HELP = ("Apply the 20,000 requests/month free tier, or not (default: as the --prices file's "
+                  "free_tier_requests says; without one, not).")
 #: The settings of a command taking `--cloudtrail PATH…` (`--cloudtrail AWSLogs/*/*.json.gz` as a shell
 #: expands it): click gives an option one value, so the other paths arrive as extra arguments
 #: (`ctx.args`, left out of the usage line), and `cloudtrail_paths` joins them.
@@ -241,6 +244,14 @@ def mqtt_password_warning(mqtt: str | None) -> str | None:
             "give the broker's URL in the --config file instead ([hooks] mqtt = \"mqtt://USER:PASS@HOST:PORT\")")
 
 
+def _terminal_input() -> bool:
+    """Whether standard input is a terminal (not when it is closed)."""
+    try:
+        return os.isatty(0)
+    except OSError:
+        return False
+
+
 def cloudtrail_paths(named: list[Path] | None, more: list[str], command: str) -> list[Path] | None:
     """Every path of `--cloudtrail PATH…` (None without the option); `more`, the command's extra
     arguments, given without it are a usage error, as click's "unexpected extra argument" was."""
@@ -251,9 +262,11 @@ def cloudtrail_paths(named: list[Path] | None, more: list[str], command: str) ->
     return [*named, *map(Path, more)] if named else None
 
 
-def price_table(path: Path | None, free_tier: bool, command: str) -> PriceTable:
-    """`--prices` (the defaults without it), with AWS's 20,000 free requests a month if `free_tier`
-    and the table gives none; one line naming the option when it cannot be read."""
+def price_table(path: Path | None, free_tier: bool | None, command: str) -> PriceTable:
+    """`--prices` (the defaults without it); one line naming the option when it cannot be read.
+    `free_tier` is `--free-tier/--no-free-tier` as given: True adds AWS's 20,000 free requests a month
+    where the table gives none, False takes away the table's (a `--no-free-tier` typed is meant, not
+    overruled by the file's `free_tier_requests`), None (neither given) keeps the table's."""
     from keytrail.pipeline.prices import PriceTable, load_price_table
 
     try:
@@ -262,7 +275,11 @@ def price_table(path: Path | None, free_tier: bool, command: str) -> PriceTable:
         raise fail(f"--prices: {os_problem(error)}", command) from None
     except ValueError as error:
         raise fail(f"--prices: {error}", command) from None
-    return replace(table, free_tier_requests=20_000) if free_tier and not table.free_tier_requests else table
+    if free_tier is None:
+        return table
+    if not free_tier:
+        return replace(table, free_tier_requests=0)
+    return table if table.free_tier_requests else replace(table, free_tier_requests=20_000)
 
 
 def missing_paths(paths: Iterable[Path], option: str = "") -> str | None:
@@ -304,10 +321,13 @@ def log_files_problem(paths: list[Path], option: str = "") -> str | None:
     prefix one level off, a sync not yet run, CloudTrail-Digest/ for CloudTrail/), where a run over
     nothing printed no alarm, an empty report or 0 records counted, and exited 0 as for a quiet
     period."""
-    from keytrail.transport.cloudtrail_logs import LOG_FILE_NAMES, Held, held_log_files
+    from keytrail.transport.cloudtrail_logs import LOG_FILE_NAMES, STDIN, Held, held_log_files
 
-    if problem := missing_paths(paths, option):
+    if problem := missing_paths([path for path in paths if path != STDIN], option):
         return problem
+    if STDIN in paths and _terminal_input():  # it would wait for a paste, with no word of what it waits for
+        return (f"{option + ': ' if option else ''}- reads standard input, which is a terminal here: pipe the "
+                "records in (aws logs filter-log-events … | keytrail … -)")
     unlisted: list[str] = []  # a folder that cannot be listed: the likely reason none was found
     held = held_log_files(paths, unlisted.append)
     if held is Held.LOG_FILE:

@@ -22,6 +22,7 @@ from keytrail.cli.console import (
     CLOUDTRAIL_COMMAND,
     CLOUDTRAIL_HELP,
     CLOUDTRAIL_METAVAR,
+    FREE_TIER_HELP,
     KAFKA_BOOTSTRAP,
     LISTEN_ADDRESS,
     address_option,
@@ -182,7 +183,7 @@ def cost(
     until: Until = None,
     by: Annotated[str, typer.Option(help="Comma list of key, account.")] = "key,account",
     prices: Annotated[Path | None, path_option(help="TOML price table overriding the defaults.")] = None,
-    free_tier: Annotated[bool, typer.Option(help="Apply the 20,000 requests/month free tier.")] = False,
+    free_tier: Annotated[bool | None, typer.Option(help=FREE_TIER_HELP, show_default=False)] = None,
     output: Format = OutputFormat.table,
 ) -> None:
     """Cost in USD per key and account: key-months (prorated hourly) and requests by price class."""

@@ -16,6 +16,7 @@ from keytrail.cli.console import (
     CLOUDTRAIL_COMMAND,
     CLOUDTRAIL_HELP,
     CLOUDTRAIL_METAVAR,
+    FREE_TIER_HELP,
     Terminated,
     cloudtrail_paths,
     counted,
@@ -67,7 +68,7 @@ def report(
     table: Annotated[str | None, typer.Option(help=f"Tabular formats: only this table ({', '.join(TABLES)}).")] = None,
     alarms: Annotated[Path | None, path_option(help="Alarms JSON lines; default <data-dir>/alarms.jsonl.")] = None,
     prices: Annotated[Path | None, path_option(help="TOML price table overriding the defaults.")] = None,
-    free_tier: Annotated[bool, typer.Option(help="Apply the 20,000 requests/month free tier.")] = False,
+    free_tier: Annotated[bool | None, typer.Option(help=FREE_TIER_HELP, show_default=False)] = None,
     unused_days: Annotated[int, typer.Option(
         help="Highlight keys unused for this many days.", min=1, max=36_500)] = 30,
     progress: Annotated[bool | None, typer.Option(
