@@ -548,6 +548,29 @@ def test_grant_to_a_bare_account_id_is_a_grant_to_that_account(server: KeytrailS
     assert error_of(carol.encrypt, KeyId=key, Plaintext=b"x")[0] == "AccessDeniedException"
 
 
+def test_a_deny_on_an_accounts_grantees_refuses_a_grant_to_its_bare_id(server: KeytrailServer, alice: Any) -> None:
+    # The key policy forbids grants to account 444455556666 by the ARNs of its principals; a grant
+    # to its bare id (keytrail's other name for that account) was let through, and carol used it.
+    carol = server.client("carol")
+    no_grants_to_other = statement("*", "kms:CreateGrant", "Deny", Condition={
+        "StringLike": {"kms:GranteePrincipal": f"arn:aws:iam::{OTHER_ACCOUNT}:*"}})
+    key = new_key(alice, policy(no_grants_to_other))
+    blob = alice.encrypt(KeyId=key, Plaintext=b"secret")["CiphertextBlob"]
+    for grantee in (f"arn:aws:iam::{OTHER_ACCOUNT}:root", OTHER_ACCOUNT):
+        code, message = error_of(alice.create_grant, KeyId=key, GranteePrincipal=grantee, Operations=["Decrypt"])
+        assert (code, message) == ("AccessDeniedException", (
+            f"User: {ALICE} is not authorized to perform: kms:CreateGrant on resource: {key} with an explicit deny "
+            "in a resource-based policy"))
+    assert error_of(carol.decrypt, CiphertextBlob=blob)[0] == "AccessDeniedException"
+    # Named by its root's ARN, the key's own account takes grants under a condition written with its id.
+    only_own = statement("*", "kms:CreateGrant", "Deny", Condition={
+        "StringNotEquals": {"kms:GranteePrincipal": ACCOUNT}})
+    own = new_key(alice, policy(only_own))
+    alice.create_grant(KeyId=own, GranteePrincipal=ROOT, Operations=["Decrypt"])
+    assert error_of(alice.create_grant, KeyId=own, GranteePrincipal=OTHER_ACCOUNT, Operations=["Decrypt"])[0] == \
+        "AccessDeniedException"
+
+
 def test_grant_with_both_encryption_context_constraints_is_refused(alice: Any) -> None:
     # AWS answers such a request "ValidationException: More than one constraint supplied"
     # (aws/aws-sdk-java#328, and the guard terraform-provider-aws keeps for it).

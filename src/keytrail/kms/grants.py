@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "CONTEXT_OPERATIONS",
     "GRANT_OPERATIONS",
     "GrantTerm",
+    "account_spellings",
     "allowed_operations",
     "constraints_at_least_as_strict",
     "constraints_hold",
@@ -89,6 +91,22 @@ def grantee_matches(grantee: str, principal: Principal, identity_allows: bool) -
         return True
     names_account = grantee in (principal.root_arn, principal.account)
     return names_account and (identity_allows or principal.type is IdentityType.ROOT)
+
+
+def account_spellings(name: str, partition: str) -> str | list[str]:
+    """What kms:GranteePrincipal and kms:RetiringPrincipal hold for a grant naming `name`: an account
+    (`grantee_matches` takes it as its root's ARN or as its bare id) as both, any other principal as
+    written. With one spelling, a Deny on `arn:aws:iam::444455556666:*` let a grant to
+    `444455556666` through, usable by that account's every principal."""
+    if _ACCOUNT_ID.fullmatch(name):
+        return [name, f"arn:{partition}:iam::{name}:root"]
+    if (root := _ROOT_ARN.fullmatch(name)) is not None:
+        return [name, root.group(1)]
+    return name
+
+
+_ACCOUNT_ID = re.compile(r"[0-9]{12}", re.ASCII)
+_ROOT_ARN = re.compile(r"arn:[a-z-]+:iam::([0-9]{12}):root", re.ASCII)
 
 
 def grantee_names(principal: Principal) -> frozenset[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from keytrail.kms.grants import (
+    account_spellings,
     allowed_operations,
     constraints_at_least_as_strict,
     constraints_hold,
@@ -105,6 +106,15 @@ def test_a_grant_to_a_bare_account_id_is_a_grant_to_that_account() -> None:
     assert not grantee_matches(ACCOUNT, root(OTHER), False)
     retirable = grant(f"arn:aws:iam::{OTHER}:user/carol", "Decrypt", retiring=OTHER)
     assert retire_allowed(retirable, root(OTHER), False)  # not the grant's account: its retiring principal
+
+
+def test_an_account_grantee_goes_by_both_its_names_in_condition_keys() -> None:
+    # kms:GranteePrincipal held the name as written: a Deny on one of an account's names missed the other.
+    assert account_spellings("444455556666", "aws-cn") == ["444455556666", "arn:aws-cn:iam::444455556666:root"]
+    assert account_spellings("arn:aws:iam::444455556666:root", "aws") == ["arn:aws:iam::444455556666:root",
+                                                                          "444455556666"]
+    assert account_spellings("arn:aws:iam::444455556666:user/root", "aws") == "arn:aws:iam::444455556666:user/root"
+    assert account_spellings("4444555566667", "aws") == "4444555566667"
 
 
 def test_tokens_name_their_grant_and_differ_per_call() -> None:

@@ -18,6 +18,7 @@ from keytrail.kms.authz import AccessRequest
 from keytrail.kms.calls import Call, Operation, Response
 from keytrail.kms.condition_keys import request_conditions
 from keytrail.kms.grants import (
+    account_spellings,
     allowed_operations,
     grant_token_matches,
     grant_view,
@@ -28,6 +29,7 @@ from keytrail.kms.grants import (
 from keytrail.kms.keys import Key
 from keytrail.kms.model import KeyState
 from keytrail.kms.paging import dated_position, page, page_limit, paged
+from keytrail.kms.partitions import partition_of
 from keytrail.kms.policy_document import is_aws_principal, unnameable_principal
 from keytrail.kms.store import Grant, grant_position
 
@@ -150,7 +152,7 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
     _refuse_service_principal(params, "GranteeServicePrincipal")
     _refuse_service_principal(params, "RetiringServicePrincipal")
     key = await svc.find_key(call, params["KeyId"], allow_alias=False)
-    await svc.authorize(call, "kms:CreateGrant", key, request_conditions("CreateGrant", params))
+    await svc.authorize(call, "kms:CreateGrant", key, _create_grant_conditions(params, key))
     _require_grantable(svc, key)
     _require_principals(params)
     _check_request(key, params["Operations"], params.get("Constraints") or {})
@@ -168,6 +170,16 @@ async def create_grant(svc: KmsService, call: Call) -> Response:
         token = make_grant_token(grant, svc.deps.random_bytes(16))  # a fresh token, the same grant
     call.response_elements = _created(grant, key)
     return {"GrantToken": token, "GrantId": grant.grant_id}
+
+
+def _create_grant_conditions(params: dict[str, Any], key: Key) -> dict[str, Any]:
+    """CreateGrant's condition keys, its grantee and retiring principal under each name they go by
+    (an account: its root's ARN and its bare id, in the key's partition)."""
+    conditions = request_conditions("CreateGrant", params)
+    for member in ("GranteePrincipal", "RetiringPrincipal"):
+        if isinstance(name := params.get(member), str):
+            conditions[f"kms:{member}"] = account_spellings(name, partition_of(key.region))
+    return conditions
 
 
 def _created(grant: Grant, key: Key) -> dict[str, str]:
