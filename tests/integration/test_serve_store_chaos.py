@@ -28,11 +28,11 @@ from tests.support.mounts import filled
 from tests.support.postgres import admin, database_url, fetch_value, scratch_database
 from tests.support.postgres_cluster import PostgresCluster, private_cluster
 from tests.support.server import KeytrailServer
+from tests.support.store_outage import RETRYABLE, eventually
 
 pytestmark = pytest.mark.integration
 
 Answer = tuple[str, str]  # the error code ("OK" for a success), the request id
-RETRYABLE = "The request was rejected because an internal exception occurred. The request can be retried."
 
 
 @pytest.fixture(autouse=True)
@@ -140,19 +140,6 @@ def _writes(kms: Any, key: str) -> list[tuple[str, str, int]]:
     return failures
 
 
-def _eventually(call: Callable[[], Any]) -> Any:
-    """`call`'s answer once it succeeds: the first calls after the database takes writes again may
-    still meet a session it ended (a retryable KMSInternalException)."""
-    for _ in range(50):
-        try:
-            return call()
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "KMSInternalException":
-                raise
-            time.sleep(0.1)
-    return call()
-
-
 def _refusals(log: str) -> list[str]:
     return [line for line in log.splitlines() if "the key store refused a write" in line]
 
@@ -170,7 +157,7 @@ def test_a_database_out_of_disk_fails_writes_with_the_retryable_error_in_one_lin
             failures = _writes(kms, key)
             assert kms.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key)  # reads write nothing
             filler.unlink()
-            assert _eventually(kms.create_key)["KeyMetadata"]["Enabled"]
+            assert eventually(kms.create_key)["KeyMetadata"]["Enabled"]
             log = server.log.read_text()
         finally:
             assert server.stop() == 0
@@ -196,7 +183,7 @@ def test_a_read_only_database_fails_writes_with_the_retryable_error_in_one_line_
             assert kms.encrypt(KeyId=key, Plaintext=b"x")["KeyId"].endswith(key)
             assert aws_error(kms.create_key)[:2] == ("KMSInternalException", RETRYABLE)
             _read_only(name, False)
-            assert _eventually(kms.create_key)["KeyMetadata"]["Enabled"]
+            assert eventually(kms.create_key)["KeyMetadata"]["Enabled"]
             log = server.log.read_text()
         finally:
             assert server.stop() == 0

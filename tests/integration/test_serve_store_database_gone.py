@@ -7,22 +7,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from keytrail.kms.sealing import ROOT_KEY_ENV
-from tests.integration.e2e.support import audit_events, reply_id
 from tests.support.postgres import admin, database_url, scratch_database
 from tests.support.server import KeytrailServer
+from tests.support.store_outage import RETRYABLE, eventually, failure, recorded
 
 pytestmark = pytest.mark.integration
-
-RETRYABLE = "The request was rejected because an internal exception occurred. The request can be retried."
-
 
 @pytest.fixture(autouse=True)
 def _root_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,30 +34,6 @@ def _rename(old: str, new: str) -> None:
     asyncio.run(rename())
 
 
-def _failure(call: Callable[[], Any]) -> tuple[str, str, str]:
-    """The (code, message, request id) of a call that must fail."""
-    with pytest.raises(ClientError) as info:
-        call()
-    return info.value.response["Error"]["Code"], info.value.response["Error"]["Message"], reply_id(info.value)
-
-
-def _recorded(data_dir: Path, failures: list[tuple[str, str, str]]) -> None:
-    """Each failed call once in the node's audit trail, with its answer's error code."""
-    codes = [(event["requestID"], event.get("errorCode")) for event in audit_events(data_dir) if "requestID" in event]
-    assert sorted(code for code in codes if code[0] in {request for _, _, request in failures}) == sorted(
-        (request, code) for code, _, request in failures)
-
-
-def _eventually(call: Callable[[], Any]) -> Any:
-    for _ in range(100):
-        try:
-            return call()
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "KMSInternalException":
-                raise
-    raise AssertionError("the node did not serve again")
-
-
 def test_a_database_renamed_away_answers_the_retryable_error_in_one_line_and_serves_again_once_back(
         tmp_path: Path) -> None:
     with scratch_database() as name:
@@ -73,16 +43,16 @@ def test_a_database_renamed_away_answers_the_retryable_error_in_one_line_and_ser
             key = kms.create_key()["KeyMetadata"]["KeyId"]
             _rename(name, f"{name}_away")
             try:
-                failures = [_failure(lambda: kms.encrypt(KeyId=key, Plaintext=b"x")) for _ in range(5)]
-                failures += [_failure(kms.create_key) for _ in range(5)]
+                failures = [failure(lambda: kms.encrypt(KeyId=key, Plaintext=b"x")) for _ in range(5)]
+                failures += [failure(kms.create_key) for _ in range(5)]
             finally:
                 _rename(f"{name}_away", name)
-            assert _eventually(lambda: kms.encrypt(KeyId=key, Plaintext=b"x"))["KeyId"].endswith(key)
+            assert eventually(lambda: kms.encrypt(KeyId=key, Plaintext=b"x"))["KeyId"].endswith(key)
             log = server.log.read_text()
         finally:
             assert server.stop() == 0
     assert {failure[:2] for failure in failures} == {("KMSInternalException", RETRYABLE)}, failures
-    _recorded(server.data_dir, failures)
+    recorded(server.data_dir, failures)
     assert "Traceback" not in log, log[-3000:]
     [line] = [line for line in log.splitlines() if "the key store is out of reach" in line]  # once, not a line a call
     assert f'database "{name}" does not exist' in line, line
@@ -115,17 +85,17 @@ def test_a_role_no_longer_let_in_answers_the_retryable_error_in_one_line_and_ser
                 key = kms.create_key()["KeyMetadata"]["KeyId"]
                 _login(role, name, False)
                 try:
-                    failures = [_failure(lambda: kms.encrypt(KeyId=key, Plaintext=b"x")) for _ in range(5)]
+                    failures = [failure(lambda: kms.encrypt(KeyId=key, Plaintext=b"x")) for _ in range(5)]
                 finally:
                     _login(role, name, True)
-                assert _eventually(lambda: kms.encrypt(KeyId=key, Plaintext=b"x"))["KeyId"].endswith(key)
+                assert eventually(lambda: kms.encrypt(KeyId=key, Plaintext=b"x"))["KeyId"].endswith(key)
                 log = server.log.read_text()
             finally:
                 assert server.stop() == 0
     finally:
         asyncio.run(admin(f"DROP ROLE IF EXISTS {role}"))
     assert {failure[:2] for failure in failures} == {("KMSInternalException", RETRYABLE)}, failures
-    _recorded(server.data_dir, failures)
+    recorded(server.data_dir, failures)
     assert "Traceback" not in log, log[-3000:]
     [line] = [line for line in log.splitlines() if "the key store is out of reach" in line]
     assert f'role "{role}" is not permitted to log in' in line, line

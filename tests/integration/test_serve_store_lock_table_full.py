@@ -15,14 +15,11 @@ import asyncpg
 import pytest
 
 from keytrail.kms.sealing import ROOT_KEY_ENV
-from tests.integration.test_serve_store_database_gone import _failure, _recorded
 from tests.support.postgres_cluster import PostgresCluster, private_cluster
 from tests.support.server import KeytrailServer
+from tests.support.store_outage import RETRYABLE, failure, recorded
 
 pytestmark = pytest.mark.integration
-
-RETRYABLE = "The request was rejected because an internal exception occurred. The request can be retried."
-
 
 @pytest.fixture(autouse=True)
 def _root_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,7 +73,7 @@ def test_a_full_lock_table_answers_the_retryable_error_in_one_line_and_serves_ag
 
         async def while_full() -> list[tuple[str, str, str]]:
             async with _LockHog(cluster):
-                return [await asyncio.to_thread(_failure, lambda: kms.tag_resource(
+                return [await asyncio.to_thread(failure, lambda: kms.tag_resource(
                     KeyId=key, Tags=[{"TagKey": "t", "TagValue": "v"}])) for _ in range(5)]
 
         failures = asyncio.run(while_full())
@@ -85,7 +82,7 @@ def test_a_full_lock_table_answers_the_retryable_error_in_one_line_and_serves_ag
     finally:
         assert server.stop() == 0
     assert {failure[:2] for failure in failures} == {("KMSInternalException", RETRYABLE)}, failures
-    _recorded(server.data_dir, failures)
+    recorded(server.data_dir, failures)
     assert "Traceback" not in log, log[-3000:]
     [line] = [line for line in log.splitlines() if "out of shared memory" in line]  # once, not a line a call
     assert "HINT: You might need to increase max_locks_per_transaction." in line, line
