@@ -67,8 +67,9 @@ class KeytrailServer:
     so the consumer and the detector run as child processes)."""
 
     def __init__(self, data_dir: Path, *extra: str, principals: Path | None = None, dev_clock: bool = True,
-                 open_files: int | None = None) -> None:
+                 open_files: int | None = None, host: str = "127.0.0.1") -> None:
         self.data_dir = data_dir
+        self.host = host  # its --host: ::1 serves on IPv6
         self.dev_clock = dev_clock
         self.open_files = open_files  # the process's RLIMIT_NOFILE, when not inherited
         self.port = free_port()
@@ -79,12 +80,13 @@ class KeytrailServer:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         """The `keytrail serve` command line this server runs."""
         return [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(self.data_dir),
                 "--port", str(self.port), "--principals", str(self.principals),
+                *(["--host", self.host] if self.host != "127.0.0.1" else []),
                 *(["--dev-clock"] if self.dev_clock else []), *self.extra]
 
     def answers_health(self) -> bool:
@@ -103,7 +105,7 @@ class KeytrailServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"keytrail serve exited: {self.log.read_text()[-2000:]}")
             try:
-                wait_for_port(self.port, timeout=0.2)
+                wait_for_port(self.port, timeout=0.2, host=self.host)
             except (TimeoutError, OSError):
                 continue
             if self.answers_health():

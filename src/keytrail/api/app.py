@@ -7,7 +7,6 @@ Every answer carries `x-amzn-RequestId`; every error is AWS's JSON error body, n
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import uuid
 from collections import Counter
@@ -29,6 +28,7 @@ from keytrail.api.sigv4 import (
     check_signed_headers,
     parse_authorization,
 )
+from keytrail.api.source_ip import caller_address, is_loopback
 from keytrail.clock import ManualClock, utc_now
 from keytrail.kms import errors
 from keytrail.kms.context import CallContext, Principal
@@ -128,21 +128,6 @@ class ApiSettings:
     # large bodies' ThrottlingException here, the HTTP protocol's 408, 431 and 400 when it is given the
     # same counter (cli/http_server.py).
     refusals: Counter[str] = field(default_factory=Counter)
-
-
-def _is_loopback(host: str) -> bool:
-    """Whether a client address is this machine's own (127.0.0.0/8, ::1, or IPv4 loopback mapped
-    into IPv6); anything else, a Unix socket's missing address included, is not."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return (mapped or address).is_loopback
-
-
-def _source_ip(scope: Scope) -> str:
-    return (scope.get("client") or ("127.0.0.1", 0))[0]
 
 
 def _error_body(error: errors.KmsError) -> bytes:
@@ -259,7 +244,7 @@ class KmsApp:
         operation = _operation(headers.get("x-amz-target", ""), self.service)
         context = CallContext(
             principal=principal, region=region, request_id=request_id,
-            source_ip=_source_ip(scope),
+            source_ip=caller_address(scope),
             user_agent=_as_written(headers.get("user-agent", ""))[:1024],
             secure_transport=scope.get("scheme") == "https",
             tls_details=_tls_details(scope, headers),
@@ -274,7 +259,7 @@ class KmsApp:
 
     def _unauthenticated(self, scope: Scope, headers: dict[str, str], error: errors.KmsError) -> None:
         """Count and log (thinned) a request refused before it was authenticated."""
-        self.refused.refused(error, _source_ip(scope), headers.get("authorization"))
+        self.refused.refused(error, caller_address(scope), headers.get("authorization"))
 
     def _signer(self, headers: dict[str, str]) -> _Signer:
         return self._signed_by(parse_authorization(headers.get("authorization")), headers)
@@ -315,7 +300,7 @@ class KmsApp:
 
     def _clock_allowed(self, scope: Scope) -> bool:
         client = (scope.get("client") or ("",))[0]
-        return self.settings.dev_clock is not None and _is_loopback(client)
+        return self.settings.dev_clock is not None and is_loopback(client)
 
     async def _advance_clock(self, scope: Scope, receive: Receive, send: Send) -> None:
         clock = self.settings.dev_clock
