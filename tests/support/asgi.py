@@ -8,7 +8,7 @@ from typing import Any
 from keytrail.kms.authz import AccessDecision, AccessRequest, Verdict
 from keytrail.kms.model import CallRecord
 
-__all__ = ["AllowAndRecord", "post_kms"]
+__all__ = ["AllowAndRecord", "post_kms", "whole_body"]
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
@@ -31,6 +31,18 @@ async def post_kms(
     scope = {"type": "http", "method": "POST", "path": "/", "headers": headers, "client": ("127.0.0.1", 5000)}
     await app(scope, receive, send)
     return sent
+
+
+async def whole_body(receive: Callable[[], Awaitable[dict[str, Any]]]) -> bytes | None:
+    """A request's whole body from the ASGI `receive`, or None when the client left before its end."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message["body"]
+        if not message.get("more_body"):
+            return body
 
 
 class AllowAndRecord:

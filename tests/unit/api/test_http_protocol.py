@@ -19,6 +19,7 @@ from uvicorn.server import ServerState
 
 from keytrail.api import http_protocol
 from keytrail.api.http_protocol import HEAD_BYTES, CoalescingHttpToolsProtocol, _CoalescingTransport
+from tests.support.asgi import whole_body
 from tests.support.waits import eventually
 
 
@@ -107,13 +108,9 @@ async def _serve_echo(seen: list[str]) -> tuple[uvicorn.Server, int]:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                seen.append("disconnect")
-                return
-            if not message.get("more_body"):
-                break
+        if await whole_body(receive) is None:
+            seen.append("disconnect")
+            return
         seen.append("whole")
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"{}"})
@@ -542,14 +539,9 @@ async def _serve_bodies(bodies: list[bytes], refused: Counter[str]) -> tuple[uvi
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message["body"]
-            if not message.get("more_body"):
-                break
+        body = await whole_body(receive)
+        if body is None:
+            return
         bodies.append(body)
         answer = str(len(body)).encode()
         await send({"type": "http.response.start", "status": 200,

@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol
+from tests.support.asgi import whole_body
 from tests.support.waits import eventually
 
 Seen = list[tuple[str, str, bytes]]  # each request the app ran: method, target path, whole body
@@ -26,14 +27,9 @@ async def _serve(seen: Seen, refused: Counter[str]) -> tuple[uvicorn.Server, int
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message["body"]
-            if not message.get("more_body"):
-                break
+        body = await whole_body(receive)
+        if body is None:
+            return
         seen.append((scope["method"], scope["path"], body))
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"{}"})
