@@ -26,11 +26,16 @@ from uvicorn.server import ServerState
 
 from keytrail.api.http_protocol import CoalescingHttpToolsProtocol, plain_http_on_tls
 
-__all__ = ["HANDSHAKE_SECONDS", "TlsHandshake"]
+__all__ = ["HANDSHAKE_SECONDS", "SHUTDOWN_SECONDS", "TlsHandshake"]
 
 # A handshake is one or two round trips: ten seconds leaves room for a lossy link's retransmissions
 # and holds a descriptor a sixth as long as asyncio's 60 s default did.
 HANDSHAKE_SECONDS = 10.0
+# How long a closing connection waits for the client's close_notify before it is dropped. asyncio's
+# (and uvloop's) 30 s held every idle keep-alive client's connection that long once closed: a SIGTERM
+# waited out uvicorn's 20 s graceful timeout for an SDK's idle pool (plain HTTP stops at once). The
+# reply is one record, a round trip; a client that sends none loses nothing by the drop.
+SHUTDOWN_SECONDS = 2.0
 # What a connection's first byte is: a TLS record begins with its type (22, a handshake: the
 # ClientHello), an HTTP/1.1 request with its method, in capitals (RFC 9110: GET, POST, …).
 _HTTP_METHOD_LETTERS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -87,7 +92,8 @@ class TlsHandshake(asyncio.Protocol):
             # runs once start_tls has put its TLS layer on the connection, before it reads on
             loop.call_soon(_replay, transport, raw)
             secure = await loop.start_tls(transport, self, self.context, server_side=True,
-                                          ssl_handshake_timeout=max(deadline - loop.time(), 0.001))
+                                          ssl_handshake_timeout=max(deadline - loop.time(), 0.001),
+                                          ssl_shutdown_timeout=SHUTDOWN_SECONDS)
         except OSError:  # ssl.SSLError, the timeout, a reset: the client's doing, uvicorn's server logged none either
             self._http.count_refusal("tls_handshake_timeout" if loop.time() >= deadline else "tls_handshake_failed")
             return
