@@ -571,6 +571,20 @@ def test_a_deny_on_an_accounts_grantees_refuses_a_grant_to_its_bare_id(server: K
         "AccessDeniedException"
 
 
+def test_retirable_grants_of_an_account_are_listed_by_either_of_its_names(server: KeytrailServer, alice: Any) -> None:
+    # RetireGrant takes an account's root ARN and its bare id alike; ListRetirableGrants listed only
+    # the grants whose retiring principal was written as asked, so an audit of what the account may
+    # retire missed the others.
+    other_root = server.client("other-root")
+    key = new_key(alice)
+    by_id = alice.create_grant(KeyId=key, GranteePrincipal=BOB, RetiringPrincipal=OTHER_ACCOUNT, Operations=["Decrypt"])
+    by_arn = alice.create_grant(KeyId=key, GranteePrincipal=BOB, RetiringPrincipal=f"arn:aws:iam::{OTHER_ACCOUNT}:root",
+                                Operations=["Encrypt"])
+    for name in (OTHER_ACCOUNT, f"arn:aws:iam::{OTHER_ACCOUNT}:root"):
+        listed = other_root.list_retirable_grants(RetiringPrincipal=name)["Grants"]
+        assert {g["GrantId"] for g in listed if g["KeyId"] == key} == {by_id["GrantId"], by_arn["GrantId"]}
+
+
 def test_grant_with_both_encryption_context_constraints_is_refused(alice: Any) -> None:
     # AWS answers such a request "ValidationException: More than one constraint supplied"
     # (aws/aws-sdk-java#328, and the guard terraform-provider-aws keeps for it).

@@ -262,8 +262,8 @@ async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
     await svc.authorize_identity(call, "kms:ListRetirableGrants", retiring)
     # AWS lists grants on other accounts' keys too, for a retiring principal of the caller's account.
     own_principal = _account_of(retiring) == context.account
-    grants = [g for g in await svc.store.grants_retirable_by(context.region, retiring)
-              if own_principal or g.account == context.account]
+    grants = [g for name in _names_of(retiring, context.region) for g in await svc.store.grants_retirable_by(
+        context.region, name) if own_principal or g.account == context.account]
     chunk, paging = _page(grants, params, f"ListRetirableGrants {context.account} {context.region} {retiring}")
     views = []
     for grant in chunk:
@@ -271,6 +271,14 @@ async def list_retirable_grants(svc: KmsService, call: Call) -> Response:
         if key is not None:
             views.append(grant_view(key, grant))
     return {"Grants": views, **paging}
+
+
+def _names_of(principal: str, region: str) -> list[str]:
+    """The names a grant may give `principal` as its retiring principal: an account's two (its root's
+    ARN and its bare id, which RetireGrant takes alike), so that the account's grants are all listed
+    whichever it is asked by; another principal's one."""
+    names = account_spellings(principal, partition_of(region))
+    return names if isinstance(names, list) else [names]
 
 
 def _account_of(principal: str) -> str:
