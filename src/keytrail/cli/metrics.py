@@ -312,6 +312,9 @@ def consume(
         raise fail("--kafka and --cloudtrail name two sources: give one", CONSUME)
     if exit_when_idle is not None and not kafka:  # the embedded log's follower would never stop by it
         raise fail("--exit-when-idle goes with --kafka; on the embedded log, --no-follow stops at its end", CONSUME)
+    if kafka and not follow:  # a group member follows its partitions: the run would never end by it
+        raise fail("--no-follow goes with the embedded log; with --kafka, --exit-when-idle S stops once the topic "
+                   "is idle for S seconds", CONSUME)
     if problem := bootstrap_problem(kafka) or (cloudtrail and log_files_problem(cloudtrail, "--cloudtrail")):
         raise fail(problem, CONSUME)
     if not (kafka or cloudtrail or follow or event_log_dir(data_dir).is_dir()):  # a typo'd --data-dir

@@ -1009,13 +1009,17 @@ def test_a_missing_settings_or_price_file_is_named_without_python_error_text(tmp
 
 @pytest.mark.parametrize(("args", "message"), [
     # Each was accepted and ignored: alarms never published, a consumer of the embedded log that
-    # never stopped, time rules not run as of the time asked.
+    # never stopped, time rules not run as of the time asked, a Kafka consumer told not to follow
+    # that followed the topic until stopped.
     (["detect", "--cloudtrail", "{logs}", "--mqtt", "mqtt://127.0.0.1:1883"],
      "keytrail detect: --mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms"),
     (["detect", "--kafka", "127.0.0.1:9", "--as-of", "2026-01-01", "--data-dir", "{tmp}"],
      "keytrail detect: --as-of goes with --cloudtrail (offline), not --kafka"),
     (["consume", "--data-dir", "{tmp}", "--exit-when-idle", "2"],
      "keytrail consume: --exit-when-idle goes with --kafka; on the embedded log, --no-follow stops at its end"),
+    (["consume", "--data-dir", "{tmp}", "--kafka", "127.0.0.1:9", "--no-follow"],
+     "keytrail consume: --no-follow goes with the embedded log; with --kafka, --exit-when-idle S stops once the "
+     "topic is idle for S seconds"),
 ])
 def test_an_option_of_the_other_mode_is_refused_not_ignored(tmp_path: Path, args: list[str], message: str) -> None:
     logs = _cloudtrail_gzip(tmp_path / "a.json.gz")
