@@ -352,7 +352,8 @@ def verify(data_dir: Path = DataDir,
 
 
 @audit_app.command("import")
-def import_(paths: list[Path] = typer.Argument(..., parser=named_path, help="CloudTrail log files or folders."),
+def import_(paths: list[Path] = typer.Argument(..., parser=named_path,
+                                               help="CloudTrail log files or folders (- for standard input)."),
             data_dir: Path = DataDir) -> None:
     """Import the KMS records of AWS CloudTrail log files (.json, .json.gz) into the event log;
     lookup-events and filter-log-events output, CloudWatch Logs exports, EventBridge events and JSON

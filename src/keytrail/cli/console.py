@@ -37,7 +37,7 @@ __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "FREE_
 #: The metavar of `--cloudtrail`: typer would show the annotation (`<list[Path]>`).
 CLOUDTRAIL_METAVAR = "<path>…"
 CLOUDTRAIL_HELP = ("CloudTrail log files or folders (.json, .json.gz; lookup-events, CloudWatch Logs, EventBridge "
-                   "and JSON lines shapes too): several after one --cloudtrail, or repeat it.")
+                   "and JSON lines shapes too; - for standard input): several after one --cloudtrail, or repeat it.")
 
 #: The help of `--free-tier/--no-free-tier` (cost, report): see `price_table`.
 FREE_TIER_HELP = ("Apply the 20,000 requests/month free tier, or not (default: as the --prices file's "
@@ -244,6 +244,14 @@ def mqtt_password_warning(mqtt: str | None) -> str | None:
             "give the broker's URL in the --config file instead ([hooks] mqtt = \"mqtt://USER:PASS@HOST:PORT\")")
 
 
+def _terminal_input() -> bool:
+    """Whether standard input is a terminal (not when it is closed)."""
+    try:
+        return os.isatty(0)
+    except OSError:
+        return False
+
+
 def cloudtrail_paths(named: list[Path] | None, more: list[str], command: str) -> list[Path] | None:
     """Every path of `--cloudtrail PATH…` (None without the option); `more`, the command's extra
     arguments, given without it are a usage error, as click's "unexpected extra argument" was."""
@@ -313,10 +321,13 @@ def log_files_problem(paths: list[Path], option: str = "") -> str | None:
     prefix one level off, a sync not yet run, CloudTrail-Digest/ for CloudTrail/), where a run over
     nothing printed no alarm, an empty report or 0 records counted, and exited 0 as for a quiet
     period."""
-    from keytrail.transport.cloudtrail_logs import LOG_FILE_NAMES, Held, held_log_files
+    from keytrail.transport.cloudtrail_logs import LOG_FILE_NAMES, STDIN, Held, held_log_files
 
-    if problem := missing_paths(paths, option):
+    if problem := missing_paths([path for path in paths if path != STDIN], option):
         return problem
+    if STDIN in paths and _terminal_input():  # it would wait for a paste, with no word of what it waits for
+        return (f"{option + ': ' if option else ''}- reads standard input, which is a terminal here: pipe the "
+                "records in (aws logs filter-log-events … | keytrail … -)")
     unlisted: list[str] = []  # a folder that cannot be listed: the likely reason none was found
     held = held_log_files(paths, unlisted.append)
     if held is Held.LOG_FILE:

@@ -13,7 +13,7 @@ from keytrail.owner_only import open_regular
 from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION
 from keytrail.pipeline.runner import Batch, state_file
 from keytrail.pipeline.state import PartitionState
-from keytrail.transport.cloudtrail_logs import ReadReport, iter_cloudtrail_records
+from keytrail.transport.cloudtrail_logs import STDIN, ReadReport, iter_cloudtrail_records
 
 __all__ = ["CloudTrailFilesSource", "RecordsSource"]
 
@@ -129,7 +129,9 @@ class CloudTrailFilesSource:
 def _identity(path: Path) -> str | None:
     """A log file as the state lists it: the SHA-256 of its bytes, so a file downloaded again or
     moved is still known and another file of the same name never is; None when it cannot be read
-    (reading it for its records reports why)."""
+    (reading it for its records reports why), and for standard input (read once, for its records)."""
+    if path == STDIN:
+        return None
     try:
         with open(open_regular(path), "rb") as handle:  # a FIFO: not waited on (reading it says why)
             return hashlib.file_digest(handle, "sha256").hexdigest()

@@ -44,9 +44,9 @@ from keytrail.transport.cloudtrail_records import normalized_record, record_prob
 from keytrail.transport.json_stream import JsonStream, JsonSyntaxError, ValueTooLarge
 from keytrail.transport.read_problems import Problems
 
-__all__ = ["LOG_FILE_NAMES", "Held", "LogFile", "LogFileProblem", "ReadReport", "collector_paused", "held_log_files",
-           "is_digest", "is_digest_name", "iter_cloudtrail_records", "iter_located_records", "iter_log_files",
-           "read_log_file", "readable_records"]
+__all__ = ["LOG_FILE_NAMES", "STDIN", "Held", "LogFile", "LogFileProblem", "ReadReport", "collector_paused",
+           "held_log_files", "is_digest", "is_digest_name", "iter_cloudtrail_records", "iter_located_records",
+           "iter_log_files", "read_log_file", "readable_records"]
 
 KMS_SOURCE = "kms.amazonaws.com"
 # Fields every CloudTrail digest file has (a starting digest too: its previousDigest* are null).
@@ -81,14 +81,20 @@ class ReadReport:
     problems: Problems = field(default_factory=Problems)
 
 
+#: The path that names standard input (`aws logs filter-log-events … | keytrail report --cloudtrail
+#: -`), as click and Unix tools take `-`; a file of that name is named by a longer path (`$PWD/-`:
+#: `./-` is `-` to Path).
+STDIN = Path("-")
+
+
 def iter_log_files(paths: Iterable[Path | str], on_problem: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Every .json / .json.gz file named or found (recursively, oldest first: `_delivery_order`)
-    under the folders named; a folder among them that cannot be listed (permissions), or a log's
-    name on what is not a regular file (a FIFO, a dangling link), goes to `on_problem`, for it is
-    not read (Path.rglob passed over both in silence)."""
+    under the folders named, and STDIN where named; a folder among them that cannot be listed
+    (permissions), or a log's name on what is not a regular file (a FIFO, a dangling link), goes
+    to `on_problem`, for it is not read (Path.rglob passed over both in silence)."""
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        if path != STDIN and path.is_dir():
             yield from sorted(_logs_under(path, on_problem), key=_delivery_order)
         else:
             yield path
@@ -127,7 +133,7 @@ def held_log_files(paths: Iterable[Path | str], on_problem: Callable[[str], None
     digests = False
     for raw in paths:
         path = Path(raw)
-        for found in _logs_under(path, on_problem) if path.is_dir() else iter([path]):
+        for found in _logs_under(path, on_problem) if path != STDIN and path.is_dir() else iter([path]):
             if not is_digest_name(found):
                 return Held.LOG_FILE
             digests = True
@@ -338,9 +344,7 @@ class LogFile:
         lets a parser pass it over, Python's json refuses the whole file for it). Opened without
         blocking: a FIFO named as a log file would wait for a writer forever, and a device
         (/dev/zero) would never end."""
-        with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
-            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-                raise LogFileProblem(f"{self.path}: not a regular file")
+        with self._opened() as file:
             self._gzipped = file.peek(2)[:2] == _GZIP_MAGIC
             if packed := _packed_as(file.peek(_MAGIC_LENGTH)):
                 raise LogFileProblem(f"{self.path}: {packed}, not JSON text or gzip: unpack it first")
@@ -358,6 +362,20 @@ class LogFile:
             except _NotUtf8 as exc:
                 yield exc.text_before  # the records before the byte are read, whatever piece it is in
                 raise
+
+    @contextmanager
+    def _opened(self) -> Iterator[io.BufferedReader[Any]]:
+        """The file, opened without blocking and refused unless regular (`_text`); STDIN as it
+        comes (a pipe: waited on, as a reader of one must), its first bytes read whole so that its
+        packing is told as a file's is (a pipe's first read may hold one byte)."""
+        if self.path == STDIN:
+            with io.FileIO(os.dup(0), "rb") as rest:  # a copy: closing it leaves the process's own open
+                yield io.BufferedReader(_Prefixed(_read_whole(rest, _MAGIC_LENGTH), rest))
+            return
+        with open(os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise LogFileProblem(f"{self.path}: not a regular file")
+            yield file
 
     def _records(self, stream: JsonStream) -> Iterator[Any]:
         """The items of the "Records" array `stream` entered, as they are parsed (`_batches`)."""
@@ -381,6 +399,33 @@ class LogFile:
             yield batch
             if failure is not None:
                 raise failure
+
+
+class _Prefixed(io.RawIOBase):
+    """The bytes of `head`, read from `rest` already, then the rest of `rest`."""
+
+    def __init__(self, head: bytes, rest: io.RawIOBase) -> None:
+        super().__init__()
+        self._head, self._rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int | None:
+        if not self._head:
+            return self._rest.readinto(buffer)
+        count = min(len(buffer), len(self._head))
+        memoryview(buffer).cast("B")[:count] = self._head[:count]
+        self._head = self._head[count:]
+        return count
+
+
+def _read_whole(stream: io.RawIOBase, size: int) -> bytes:
+    """The first `size` bytes of `stream` (fewer only at its end), whatever each read gives."""
+    head = b""
+    while len(head) < size and (data := stream.read(size - len(head))):
+        head += data
+    return head
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
