@@ -8,14 +8,17 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import boto3
 import pytest
 
 from tests.support.errors import aws_error
 from tests.support.server import ACCOUNT, KeytrailServer
+from tests.support.services import free_port, wait_for_port
 
 pytestmark = pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
 
@@ -91,3 +94,45 @@ def test_a_direct_ipv6_caller_is_recorded_and_judged_by_its_address(tmp_path: Pa
     finally:
         assert server.stop() == 0
     assert _audited_sources(server) == [("::1", "AccessDenied")]
+
+
+def test_serve_and_a_metrics_endpoint_listen_on_an_ipv6_address_in_brackets(tmp_path: Path) -> None:
+    # `--host [::1]`, as the URL serve prints writes it: "cannot listen on [[::1]]:PORT (Name or
+    # service not known)", and so did `consume --metrics-host [::1]`.
+    server = KeytrailServer(tmp_path / "data")
+    args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir), "--host", "[::1]",
+            "--port", str(server.port), "--no-detector"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        exports = dict(item.split("=", 1) for item in _line_starting(proc.stdout, "export ").split()[1:])
+        assert exports["AWS_ENDPOINT_URL_KMS"] == f"http://[::1]:{server.port}"
+        assert _line_starting(proc.stdout, "keytrail serve: listening on ").startswith(
+            f"keytrail serve: listening on http://[::1]:{server.port}, ")
+        kms = boto3.client("kms", endpoint_url=exports["AWS_ENDPOINT_URL_KMS"], region_name=exports["AWS_REGION"],
+                           aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"])
+        assert kms.create_key()["KeyMetadata"]["Enabled"]
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    port = free_port()
+    consume = subprocess.Popen([sys.executable, "-m", "keytrail", "consume", "--data-dir", str(server.data_dir),
+                                "--follow", "--metrics-host", "[::1]", "--metrics-port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, host="::1")
+        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=10) as response:
+            assert response.status == 200
+    finally:
+        consume.terminate()
+        _, errors = consume.communicate(timeout=30)
+    assert "cannot listen" not in errors, errors
+
+
+def _line_starting(stream: Any, prefix: str) -> str:
+    """The first line of `stream` beginning with `prefix` (the lines before it read and dropped)."""
+    for line in stream:
+        if line.startswith(prefix):
+            return str(line)
+    raise AssertionError(f"no line starting {prefix!r}")

@@ -3,10 +3,57 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import socket
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["bound_socket", "host_port", "listen_probe", "listen_problem", "listening_sockets"]
+import typer
+
+from keytrail.cli.console import LISTEN_ADDRESS, address_option, given
+
+__all__ = ["bound_socket", "host_port", "listen_option", "listen_probe", "listen_problem", "listening_sockets"]
+
+# HOST:PORT or [HOST]:PORT: an address with its port, where the option takes the address alone.
+_WITH_PORT = re.compile(r"(?:\[(?P<bracketed>[^\]]*)\]|(?P<host>[^:\[\]]+)):(?P<port>\d+)")
+
+
+def listen_option(*declarations: str, port_option: str, help: str) -> Any:
+    """`address_option` for an address to listen on (`--host`, `--metrics-host`), parsed by
+    `listen_host`: `port_option` is the option that takes its port."""
+    return address_option(*declarations, help=help, give=LISTEN_ADDRESS, parser=listen_host(port_option))
+
+
+def listen_host(port_option: str) -> Callable[[str], str]:
+    """A typer parser for an address to listen on. An IPv6 address in brackets, as a URL writes it
+    (`[::1]`, copied from the `http://[::1]:4599` serve prints), is that address: bound as written it
+    was "cannot listen on [[::1]]:4599 (Name or service not known)". An address with its port
+    (`[::1]:4599`, `127.0.0.1:4599`) is refused saying where the port goes."""
+    present = given(LISTEN_ADDRESS)
+
+    def parse(value: str) -> str:
+        host = present(value)
+        if match := _WITH_PORT.fullmatch(host):
+            address = match["bracketed"] if match["bracketed"] is not None else match["host"]
+            raise typer.BadParameter(f"{host!r} names a port: give the address alone ({address}) and the port "
+                                     f"in {port_option} {match['port']}")
+        if host.startswith("[") and host.endswith("]"):
+            return _bracketed(host)
+        return host
+
+    return parse
+
+
+def _bracketed(host: str) -> str:
+    """The IPv6 address `[address]` holds; brackets around anything else are refused."""
+    address = host[1:-1]
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{host!r}: brackets hold an IPv6 address only ([::1]): give {LISTEN_ADDRESS}") from None
+    return address
 
 
 def host_port(host: str, port: int) -> str:

@@ -24,7 +24,6 @@ from keytrail.cli.console import (
     CLOUDTRAIL_METAVAR,
     FREE_TIER_HELP,
     KAFKA_BOOTSTRAP,
-    LISTEN_ADDRESS,
     address_option,
     bootstrap_problem,
     cloudtrail_paths,
@@ -39,6 +38,7 @@ from keytrail.cli.console import (
     price_table,
     printable,
 )
+from keytrail.cli.listening import listen_option
 from keytrail.cli.time_window import parse_window, since_after_default_end
 from keytrail.owner_only import make_dirs
 from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, hold_as_kafka_consumer, kafka_consumers_counting
@@ -290,7 +290,8 @@ def consume(
     ] = None,
     metrics_host: Annotated[
         str,
-        address_option("--metrics-host", help="Address the --metrics-port endpoint listens on.", give=LISTEN_ADDRESS)
+        listen_option("--metrics-host", help="Address the --metrics-port endpoint listens on.",
+                      port_option="--metrics-port")
     ] = "127.0.0.1",
 ) -> None:
     """Run the usage, cost and last-used consumer until stopped (SIGTERM/SIGINT) or the input ends."""

@@ -18,7 +18,6 @@ import typer
 from keytrail.cli.command_line import hide_url_passwords
 from keytrail.cli.console import (
     KAFKA_BOOTSTRAP,
-    LISTEN_ADDRESS,
     MQTT_URL,
     STORE_URL,
     address_option,
@@ -30,6 +29,7 @@ from keytrail.cli.console import (
     path_option,
 )
 from keytrail.cli.hook_secrets import withdraw_hook_secrets
+from keytrail.cli.listening import listen_option
 from keytrail.cli.pending_announcement import DEV_CERTIFICATE, SIGNING_KEY
 from keytrail.cli.serve_checks import (
     check_config,
@@ -92,7 +92,7 @@ def _credentials(settings: ServeSettings, path: Path) -> CredentialStore:
 
 def serve(
     data_dir: DataDir = Path("keytrail-data"),
-    host: Annotated[str, address_option(help="Address to listen on.", give=LISTEN_ADDRESS)] = "127.0.0.1",
+    host: Annotated[str, listen_option(help="Address to listen on.", port_option="--port")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=0, max=65535)] = 4599,
     principals: Annotated[Path | None, path_option(help="Principals file (TOML).")] = None,
     kafka: Annotated[str | None, address_option(
