@@ -127,6 +127,20 @@ def test_a_value_longer_than_allowed_is_refused_at_its_line_not_held() -> None:
     assert raised.value.line == 2
 
 
+@pytest.mark.parametrize("length", [1100, 1500, 1900])
+def test_a_value_past_the_bound_by_more_than_a_piece_is_refused_however_far_past(length: int) -> None:
+    # Each read took in as much text again as held: a value just under twice the bound was read whole
+    # (a 32 MiB bound let through 64 MiB of one value, held twice over while parsed).
+    pieces: list[int] = []
+    text = '["' + "x" * length + '"]'
+    stream = JsonStream((pieces.append(len(piece)) or piece for piece in _pieces(text, 100)),
+                        decoder=json.JSONDecoder(), max_value=1000)
+    assert stream.begin_array()
+    with pytest.raises(ValueTooLarge):
+        stream.next_item()
+    assert sum(pieces) <= 1000 + 100
+
+
 def test_the_end_of_an_array_and_of_the_document() -> None:
     stream = _stream('{"Records": []}', 1)
     assert stream.begin_object() and stream.next_key() == "Records" and stream.begin_array()

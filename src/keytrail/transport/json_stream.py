@@ -226,7 +226,9 @@ class JsonStream:
         if len(self._text) > self._max_value:
             raise ValueTooLarge(self._line(0), self._max_value)
         pieces, added = [self._text], 0
-        while added < max(len(self._text), 1):
+        # as much again, but not past the bound by more than a piece: doubling past it held twice the bound
+        wanted = min(max(len(self._text), 1), self._max_value + 1 - len(self._text))
+        while added < wanted:
             try:
                 piece = next(self._pieces, None)
             except Exception as exc:
