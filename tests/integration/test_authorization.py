@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 ROOT = f"arn:aws:iam::{ACCOUNT}:root"
 ALICE = f"arn:aws:iam::{ACCOUNT}:user/alice"
 BOB = f"arn:aws:iam::{ACCOUNT}:user/bob"
+CAROL = f"arn:aws:iam::{OTHER_ACCOUNT}:user/carol"
 USE = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey"]
 ADMIN = [
     "kms:Create*",
@@ -583,6 +584,26 @@ def test_retirable_grants_of_an_account_are_listed_by_either_of_its_names(server
     for name in (OTHER_ACCOUNT, f"arn:aws:iam::{OTHER_ACCOUNT}:root"):
         listed = other_root.list_retirable_grants(RetiringPrincipal=name)["Grants"]
         assert {g["GrantId"] for g in listed if g["KeyId"] == key} == {by_id["GrantId"], by_arn["GrantId"]}
+
+
+def test_a_policy_asking_grants_for_a_constraint_is_not_met_by_an_empty_one(server: KeytrailServer, alice: Any,
+                                                                             bob: Any) -> None:
+    # "kms:GrantConstraintType" lets bob make grants only with an EncryptionContextSubset constraint:
+    # one of no pairs was taken for one, and its grant let carol decrypt every tenant's ciphertext.
+    carol = server.client("carol")
+    constrained = statement(BOB, "kms:CreateGrant", Condition={
+        "StringEquals": {"kms:GrantConstraintType": "EncryptionContextSubset"}})
+    key = new_key(alice, policy(constrained))
+    blob = alice.encrypt(KeyId=key, Plaintext=b"payroll", EncryptionContext={"tenant": "a"})["CiphertextBlob"]
+    code, message = error_of(bob.create_grant, KeyId=key, GranteePrincipal=CAROL, Operations=["Decrypt"],
+                             Constraints={"EncryptionContextSubset": {}})
+    assert (code, message) == ("AccessDeniedException", (
+        f"User: {BOB} is not authorized to perform: kms:CreateGrant on resource: {key} because no identity-based "
+        "policy allows the kms:CreateGrant action"))
+    assert error_of(carol.decrypt, CiphertextBlob=blob, EncryptionContext={"tenant": "a"})[0] == "AccessDeniedException"
+    bob.create_grant(KeyId=key, GranteePrincipal=CAROL, Operations=["Decrypt"],
+                     Constraints={"EncryptionContextSubset": {"tenant": "b"}})
+    assert error_of(carol.decrypt, CiphertextBlob=blob, EncryptionContext={"tenant": "a"})[0] == "AccessDeniedException"
 
 
 def test_grant_with_both_encryption_context_constraints_is_refused(alice: Any) -> None:

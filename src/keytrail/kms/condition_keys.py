@@ -141,8 +141,10 @@ def _create_grant(params: Mapping[str, Any], out: dict[str, Any]) -> None:
     out["kms:GrantOperations"] = list(params.get("Operations") or [])
     constraints = params.get("Constraints") or {}
     out[GRANT_CONSTRAINTS] = constraints
-    kinds = [k for k in ("EncryptionContextEquals", "EncryptionContextSubset")
-             if constraints.get(k) is not None]
+    # A constraint of no pairs is none ("An empty map is treated as not specified", Access Analyzer's
+    # KmsGrantConstraints): an EncryptionContextSubset of {} allows every context, and a policy that
+    # lets grants be made only with kms:GrantConstraintType EncryptionContextSubset let it through.
+    kinds = [k for k in ("EncryptionContextEquals", "EncryptionContextSubset") if constraints.get(k)]
     if kinds:
         out["kms:GrantConstraintType"] = kinds[0] if len(kinds) == 1 else kinds
     # kms:EncryptionContext:<key> and kms:EncryptionContextKeys apply to CreateGrant too (AWS KMS

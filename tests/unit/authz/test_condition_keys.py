@@ -91,6 +91,9 @@ ALIAS_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:alias/app"
             },
         ),
         ("CreateGrant", {"Operations": ["Decrypt"]}, {"kms:EncryptionContextKeys": None}),
+        # A constraint of no pairs constrains nothing: no constraint type (it was EncryptionContextSubset).
+        ("CreateGrant", {"Operations": ["Decrypt"], "Constraints": {"EncryptionContextSubset": {}}},
+         {"kms:GrantConstraintType": None, "kms:EncryptionContextKeys": None}),
         ("ListGrants", {}, {"kms:GrantIsForAWSResource": False}),
         ("RevokeGrant", {}, {"kms:GrantIsForAWSResource": False}),
         (
