@@ -3,6 +3,7 @@ reports its callers in X-Forwarded-For."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -17,8 +18,9 @@ import boto3
 import pytest
 
 from tests.support.errors import aws_error
+from tests.support.postgres import ADMIN_DSN, fetch, scratch_database
 from tests.support.server import ACCOUNT, KeytrailServer
-from tests.support.services import free_port, wait_for_port
+from tests.support.services import TcpRelay, free_port, wait_for_port
 
 pytestmark = pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
 
@@ -136,3 +138,20 @@ def _line_starting(stream: Any, prefix: str) -> str:
         if line.startswith(prefix):
             return str(line)
     raise AssertionError(f"no line starting {prefix!r}")
+
+
+def test_a_key_store_reached_over_ipv6_names_the_node_by_a_bracketed_address(tmp_path: Path) -> None:
+    # --store postgresql://…@[::1]:PORT/… works; the sessions' application_name said
+    # "keytrail serve ::1:PORT", an address and port no one could tell apart.
+    relay = TcpRelay(5432, host="::1").restore()
+    with scratch_database() as database:
+        url = f"postgresql://postgres@[::1]:{relay.port}/{database}"
+        server = KeytrailServer(tmp_path / "data", "--store", url, dev_clock=False, host="::1").start()
+        try:
+            assert server.client("alice").create_key()["KeyMetadata"]["Enabled"]
+            names = asyncio.run(fetch(ADMIN_DSN, "SELECT application_name FROM pg_stat_activity WHERE datname = $1",
+                                      database))
+            assert {row[0] for row in names} == {f"keytrail serve [::1]:{server.port}"}
+        finally:
+            assert server.stop() == 0
+            relay.cut()

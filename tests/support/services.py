@@ -63,12 +63,13 @@ def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> 
 
 
 class TcpRelay:
-    """Relays 127.0.0.1:`port` to 127.0.0.1:`target` while up: a service a test can lose (`cut`:
-    connections reset, new ones refused), find hung (`hold`: nothing passes until `release`) and
-    get back (`restore`) without stopping it."""
+    """Relays `host`:`port` (127.0.0.1 unless told) to 127.0.0.1:`target` while up: a service a
+    test can lose (`cut`: connections reset, new ones refused), find hung (`hold`: nothing passes
+    until `release`) and get back (`restore`) without stopping it."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, host: str = "127.0.0.1") -> None:
         self.target = target
+        self.host = host  # where it listens: ::1 for a service reached over IPv6
         self.port = free_port()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -82,7 +83,8 @@ class TcpRelay:
         self._flowing.set()
 
     def restore(self) -> TcpRelay:
-        listener = socket.create_server(("127.0.0.1", self.port))
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.create_server((self.host, self.port), family=family)
         self._keep(listener)
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
         return self

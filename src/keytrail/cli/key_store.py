@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 import asyncpg
 
 from keytrail.cli.console import url_secrets
+from keytrail.cli.listening import host_port
 from keytrail.config import STORE_ENV, ServeSettings
 from keytrail.kms.errors import KmsError
 from keytrail.kms.postgres_connections import session_settings
@@ -206,7 +207,9 @@ async def _check_reachable(url: str) -> None:
 async def _connect_store(settings: ServeSettings, root: RootKey) -> Store:
     if settings.store is None:
         return SqliteStore(settings.data_dir / "keys.db", root)
-    node = f"keytrail serve {settings.host}:{settings.port}"  # pg_stat_activity's application_name
+    # pg_stat_activity's application_name; an IPv6 --host in brackets, as a URL writes it: `::1:4599`
+    # could not be told from the address `::1:4599`.
+    node = f"keytrail serve {host_port(settings.host, settings.port)}"
     with _unavailable_unless_opened(settings.store):
         return await PostgresStore.connect(_named(settings.store, node), root)
 
