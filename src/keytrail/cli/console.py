@@ -325,6 +325,8 @@ def log_files_problem(paths: list[Path], option: str = "") -> str | None:
 
     if problem := missing_paths([path for path in paths if path != STDIN], option):
         return problem
+    if paths.count(STDIN) > 1:  # the second read nothing: "-: line 1: not valid JSON", or a detect refused
+        return f"{option + ': ' if option else ''}- named twice: standard input is read once"
     if STDIN in paths and _terminal_input():  # it would wait for a paste, with no word of what it waits for
         return (f"{option + ': ' if option else ''}- reads standard input, which is a terminal here: pipe the "
                 "records in (aws logs filter-log-events … | keytrail … -)")

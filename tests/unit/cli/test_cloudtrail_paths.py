@@ -93,6 +93,10 @@ def test_a_dash_reads_standard_input_in_every_command(two_logs: list[Path], tmp_
     assert imported.stdout.startswith("imported 1 KMS record from 1 file;")
     broken = _piped("audit", "import", "--data-dir", tmp_path / "other", "-", stdin=piped[:-30])
     assert broken.returncode == 1 and broken.stderr.startswith("skipped: -: line 1: not valid JSON")
+    # the second - read nothing: "-: line 1: not valid JSON (Expecting value at column 1)"
+    twice = _piped("detect", "--cloudtrail", "-", "-", stdin=piped)
+    assert (twice.returncode, twice.stderr) == (
+        2, "keytrail detect: --cloudtrail: - named twice: standard input is read once\n")
 
 
 @pytest.mark.parametrize("command", [["detect"], ["report", "--out", "r.html"], ["consume", "--no-follow"]])
