@@ -51,7 +51,7 @@ def read_round(folder: Path) -> dict[str, float]:
     count = sum(1 for _ in iter_located_records([folder], report=report))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if report.problems or count != report.records:
-        raise SystemExit(f"unexpected read: {count} records, problems {report.problems[:3]}")
+        raise SystemExit(f"unexpected read: {count} records, problems {list(report.problems)[:3]}")
     return {"records": count, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
             "records_per_s": round(count / wall)}
 
