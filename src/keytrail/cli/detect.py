@@ -154,6 +154,8 @@ def detect(
                 raise BadInput("--mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms")
             if problem := log_files_problem(cloudtrail, "--cloudtrail"):
                 raise BadInput(problem)
+            if live := _live_option_given(ctx):  # a default stands in for it offline, saying nothing
+                raise BadInput(f"{live} goes with --kafka (a live detector): {_LIVE_OPTIONS[live]}")
             _print_offline(_run_offline_until_stopped(cloudtrail, rules, _time(as_of) if as_of else None,
                                                       organization_of), fmt)
         elif kafka:
@@ -178,6 +180,22 @@ def detect(
     except (BadInput, RuleError, ValueError, OSError) as exc:
         typer.echo(f"keytrail detect: {printable(str(exc))}", err=True)  # it may quote an input file's text
         raise typer.Exit(2) from None
+
+
+#: The live detector's options that have a default, with what offline does instead: given with
+#: --cloudtrail they were passed over (no alarms.jsonl written where --data-dir said), so they are
+#: told apart from their defaults by where their value came from.
+_LIVE_OPTIONS = {"--data-dir": "--cloudtrail writes no alarms.jsonl, it prints its alarms (--format json > FILE)",
+                 "--tick-every": "--cloudtrail judges time rules once, as of --as-of (default: the last event)"}
+
+
+def _live_option_given(ctx: typer.Context) -> str | None:
+    """The first of `_LIVE_OPTIONS` given on the command line, if any."""
+    from typer._click.core import ParameterSource
+
+    given_options = {option for param in ctx.command.params for option in param.opts
+                     if ctx.get_parameter_source(param.name or "") not in (None, ParameterSource.DEFAULT)}
+    return next((option for option in _LIVE_OPTIONS if option in given_options), None)
 
 
 def _organizations(principals: Path | None) -> OrganizationOf:

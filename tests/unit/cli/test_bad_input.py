@@ -923,7 +923,8 @@ def test_an_empty_key_store_variable_is_refused_not_taken_for_sqlite(tmp_path: P
 #: dir it would write), what its complaint starts with, and its exit status for bad input.
 _LOG_READERS: dict[str, tuple[Callable[[Path], list[str | Path]], str, int]] = {
     "audit import": (lambda out: ["audit", "import", "--data-dir", out], "keytrail audit: ", 1),
-    "detect": (lambda out: ["detect", "--data-dir", out, "--cloudtrail"], "keytrail detect: --cloudtrail: ", 2),
+    # detect offline prints its alarms and writes nowhere (a --data-dir is refused with --cloudtrail)
+    "detect": (lambda out: ["detect", "--cloudtrail"], "keytrail detect: --cloudtrail: ", 2),
     "report": (lambda out: ["report", "--out", out, "--cloudtrail"], "keytrail report: --cloudtrail: ", 2),
     "consume": (lambda out: ["consume", "--data-dir", out, "--cloudtrail"], "keytrail consume: --cloudtrail: ", 2),
 }
@@ -1010,13 +1011,22 @@ def test_a_missing_settings_or_price_file_is_named_without_python_error_text(tmp
 @pytest.mark.parametrize(("args", "message"), [
     # Each was accepted and ignored: alarms never published, a consumer of the embedded log that
     # never stopped, time rules not run as of the time asked, a Kafka consumer told not to follow
-    # that followed the topic until stopped.
+    # that followed the topic until stopped, offline alarms written to no alarms.jsonl of the
+    # --data-dir named.
     (["detect", "--cloudtrail", "{logs}", "--mqtt", "mqtt://127.0.0.1:1883"],
      "keytrail detect: --mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms"),
     (["detect", "--kafka", "127.0.0.1:9", "--as-of", "2026-01-01", "--data-dir", "{tmp}"],
      "keytrail detect: --as-of goes with --cloudtrail (offline), not --kafka"),
     (["consume", "--data-dir", "{tmp}", "--exit-when-idle", "2"],
      "keytrail consume: --exit-when-idle goes with --kafka; on the embedded log, --no-follow stops at its end"),
+    (["detect", "--cloudtrail", "{logs}", "--data-dir", "{tmp}"],
+     "keytrail detect: --data-dir goes with --kafka (a live detector): --cloudtrail writes no alarms.jsonl, it "
+     "prints its alarms (--format json > FILE)"),
+    (["detect", "--cloudtrail", "{logs}", "--tick-every", "1"],
+     "keytrail detect: --tick-every goes with --kafka (a live detector): --cloudtrail judges time rules once, as of "
+     "--as-of (default: the last event)"),
+    (["consume", "--data-dir", "{tmp}", "--no-follow", "--group", "nightly"],
+     "keytrail consume: --group goes with --kafka (the consumer group sharing the topic's partitions)"),
     (["consume", "--data-dir", "{tmp}", "--kafka", "127.0.0.1:9", "--no-follow"],
      "keytrail consume: --no-follow goes with the embedded log; with --kafka, --exit-when-idle S stops once the "
      "topic is idle for S seconds"),
