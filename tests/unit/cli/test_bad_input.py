@@ -1012,7 +1012,7 @@ def test_a_missing_settings_or_price_file_is_named_without_python_error_text(tmp
     # Each was accepted and ignored: alarms never published, a consumer of the embedded log that
     # never stopped, time rules not run as of the time asked, a Kafka consumer told not to follow
     # that followed the topic until stopped, offline alarms written to no alarms.jsonl of the
-    # --data-dir named.
+    # --data-dir named, a live detector asked for JSON lines that printed nothing.
     (["detect", "--cloudtrail", "{logs}", "--mqtt", "mqtt://127.0.0.1:1883"],
      "keytrail detect: --mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms"),
     (["detect", "--kafka", "127.0.0.1:9", "--as-of", "2026-01-01", "--data-dir", "{tmp}"],
@@ -1025,6 +1025,9 @@ def test_a_missing_settings_or_price_file_is_named_without_python_error_text(tmp
     (["detect", "--cloudtrail", "{logs}", "--tick-every", "1"],
      "keytrail detect: --tick-every goes with --kafka (a live detector): --cloudtrail judges time rules once, as of "
      "--as-of (default: the last event)"),
+    (["detect", "--kafka", "127.0.0.1:9", "--format", "json", "--data-dir", "{tmp}"],
+     "keytrail detect: --format goes with --cloudtrail (offline, whose alarms it prints): --kafka writes them to "
+     "<data-dir>/alarms.jsonl and the hooks"),
     (["consume", "--data-dir", "{tmp}", "--no-follow", "--group", "nightly"],
      "keytrail consume: --group goes with --kafka (the consumer group sharing the topic's partitions)"),
     (["consume", "--data-dir", "{tmp}", "--kafka", "127.0.0.1:9", "--no-follow"],
