@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 import typer
 
 from keytrail.shown_text import printable
-from keytrail.transport.addresses import host_port_problem, redacted
+from keytrail.transport.addresses import UNBRACKETED_IPV6, host_port_problem, redacted
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 
 if TYPE_CHECKING:
@@ -193,8 +193,9 @@ def bootstrap_problem(bootstrap: str | None, option: str = "--kafka") -> str | N
     if bootstrap is None:
         return None
     for server in bootstrap.split(","):
-        if host_port_problem(server.strip()):
-            return f"{option}: not HOST:PORT[,HOST:PORT…]: {redacted(bootstrap)!r}"
+        if problem := host_port_problem(server.strip()):
+            why = f" ({problem})" if problem == UNBRACKETED_IPV6 else ""
+            return f"{option}: not HOST:PORT[,HOST:PORT…]: {redacted(bootstrap)!r}{why}"
     from keytrail.transport.kafka_security import security_problem  # aiokafka's errors: only with a broker
 
     return security_problem()

@@ -24,6 +24,7 @@ from keytrail.kms.sealing import ROOT_KEY_ENV, ROOT_KEY_FILE_ENV, RootKey, RootK
 from keytrail.kms.sqlite_store import SqliteStore
 from keytrail.kms.store import Store
 from keytrail.kms.store_ledger import LedgerMismatch
+from keytrail.transport.addresses import unbracketed_ipv6
 
 __all__ = ["StoreUnavailable", "open_store", "open_store_read_only", "store_place", "store_url_problem",
            "without_password"]
@@ -192,7 +193,16 @@ def store_url_problem(url: str) -> str | None:
         # asyncpg takes the host from after the first "@": "cannot open the key store at
         # 127.0.0.1:5432/db: Name or service not known" named a host that resolves.
         return f"{source}: the user name or password holds a '@': percent-encode it as %40"
+    if any(unbracketed_ipv6(server) for server in _hosts(url)):
+        # asyncpg read the port from after the first ":": "invalid literal for int() with base 10: ':1:5432'"
+        return f"{source}: an IPv6 address goes in brackets, as postgresql://USER@[::1]:5432/DB"
     return None
+
+
+def _hosts(url: str) -> list[str]:
+    """The HOST[:PORT] entries of a postgresql:// URL's authority (libpq takes several, comma-separated)."""
+    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    return authority.rpartition("@")[2].split(",")
 
 
 async def _check_reachable(url: str) -> None:

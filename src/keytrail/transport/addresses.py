@@ -8,7 +8,13 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
-__all__ = ["host_port_problem", "is_host", "is_port", "redacted", "split_host_port", "url_problem"]
+__all__ = ["UNBRACKETED_IPV6", "host_port_problem", "is_host", "is_port", "redacted", "split_host_port",
+           "unbracketed_ipv6", "url_problem"]
+
+#: What an IPv6 address and a port are written with (an IPv4 address may end the address).
+_IPV6_CHARACTERS = frozenset("0123456789abcdefABCDEF:.")
+#: What is wrong with an IPv6 address written without its brackets in HOST:PORT.
+UNBRACKETED_IPV6 = "an IPv6 address goes in brackets, as [::1]:PORT"
 
 #: One DNS label: letters, digits, hyphens inside (underscores too: container and service names
 #: carry them), at most 63 characters.
@@ -56,8 +62,17 @@ def split_host_port(server: str) -> tuple[str, str | None]:
     return host, (port if colon else None)
 
 
+def unbracketed_ipv6(server: str) -> bool:
+    """Whether HOST:PORT `server` holds an IPv6 address without its brackets (`::1:9092`,
+    `2001:db8::1`): it was "no host", and where its address ends and its port begins no one can
+    tell (`::1:9092` is an IPv6 address too), so the brackets are asked for, not guessed."""
+    return server.count(":") > 1 and all(char in _IPV6_CHARACTERS for char in server)
+
+
 def host_port_problem(server: str) -> str | None:
     """None for HOST, HOST:PORT or [IPv6]:PORT, else what is wrong with it."""
+    if unbracketed_ipv6(server):
+        return UNBRACKETED_IPV6
     host, port = split_host_port(server)
     if not host:
         return "no host"
