@@ -155,3 +155,23 @@ def test_a_key_store_reached_over_ipv6_names_the_node_by_a_bracketed_address(tmp
         finally:
             assert server.stop() == 0
             relay.cut()
+
+
+@pytest.mark.parametrize("host", ["0:0:0:0:0:0:0:0", "0:0:0:0:0:0:0:1", "[0::1]"])
+def test_an_ipv6_host_written_long_is_served_as_written_short(tmp_path: Path, host: str) -> None:
+    # --host 0:0:0:0:0:0:0:0 is ::, yet serve printed AWS_ENDPOINT_URL_KMS=https://[0:0:0:0:0:0:0:0]:PORT
+    # (which only Linux connects to) and made its dev certificate for that address, where :: prints
+    # https://[::1]:PORT with a certificate for ::1.
+    server = KeytrailServer(tmp_path / "data")
+    args = [sys.executable, "-m", "keytrail", "serve", "--data-dir", str(server.data_dir), "--host", host,
+            "--port", str(server.port), "--no-detector", "--tls-self-signed"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        certificate = _line_starting(proc.stdout, "Created the dev certificate ")
+        assert certificate.endswith(" (localhost, 127.0.0.1, ::1). To use it:\n"), certificate
+        exports = dict(item.split("=", 1) for item in _line_starting(proc.stdout, "export ").split()[1:])
+        assert exports["AWS_ENDPOINT_URL_KMS"] == f"https://[::1]:{server.port}"
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

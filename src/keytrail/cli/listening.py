@@ -40,7 +40,7 @@ def listen_host(port_option: str) -> Callable[[str], str]:
                                      f"in {port_option} {match['port']}")
         if host.startswith("[") and host.endswith("]"):
             return _bracketed(host)
-        return host
+        return _compressed(host)
 
     return parse
 
@@ -53,7 +53,19 @@ def _bracketed(host: str) -> str:
     except ValueError:
         raise typer.BadParameter(
             f"{host!r}: brackets hold an IPv6 address only ([::1]): give {LISTEN_ADDRESS}") from None
-    return address
+    return _compressed(address)
+
+
+def _compressed(host: str) -> str:
+    """An IPv6 address as RFC 5952 writes it, anything else as given: `0:0:0:0:0:0:0:0` is `::`, so
+    that serve prints the endpoint and makes the dev certificate for it as for `::` (`[::1]`, not
+    `https://[0:0:0:0:0:0:0:0]:4599`, which only Linux connects to)."""
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Address(host))
+    except ValueError:
+        return host
 
 
 def host_port(host: str, port: int) -> str:
