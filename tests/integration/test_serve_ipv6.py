@@ -20,7 +20,7 @@ import pytest
 from tests.support.errors import aws_error
 from tests.support.postgres import ADMIN_DSN, fetch, scratch_database
 from tests.support.server import ACCOUNT, KeytrailServer
-from tests.support.services import TcpRelay, free_port, wait_for_port
+from tests.support.services import TcpRelay, free_port, kafka_broker, topic_values, wait_for_port
 
 pytestmark = pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
 
@@ -175,3 +175,20 @@ def test_an_ipv6_host_written_long_is_served_as_written_short(tmp_path: Path, ho
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+def test_the_audit_stream_ships_to_a_kafka_bootstrap_on_ipv6(tmp_path: Path) -> None:
+    # tansu names itself `[::1]` (brackets and all) in its metadata when it advertises an IPv6
+    # listener, which no Kafka client resolves: the broker is reached at [::1] for the bootstrap
+    # and advertises 127.0.0.1, as a dual-stack cluster may.
+    with kafka_broker() as bootstrap:
+        relay = TcpRelay(int(bootstrap.rpartition(":")[2]), host="::1").restore()
+        server = KeytrailServer(tmp_path / "data", "--kafka", f"[::1]:{relay.port}", host="::1").start()
+        try:
+            key = server.client("alice").create_key()["KeyMetadata"]["KeyId"]
+        finally:
+            assert server.stop() == 0
+            relay.cut()
+        values = asyncio.run(topic_values(bootstrap, "keytrail.audit.v1"))
+    assert any(key.encode() in value for value in values)
+    assert "audit shipping" not in server.log.read_text()  # never paused
