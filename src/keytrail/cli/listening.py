@@ -59,13 +59,15 @@ def _bracketed(host: str) -> str:
 def _compressed(host: str) -> str:
     """An IPv6 address as RFC 5952 writes it, anything else as given: `0:0:0:0:0:0:0:0` is `::`, so
     that serve prints the endpoint and makes the dev certificate for it as for `::` (`[::1]`, not
-    `https://[0:0:0:0:0:0:0:0]:4599`, which only Linux connects to)."""
+    `https://[0:0:0:0:0:0:0:0]:4599`, which only Linux connects to). An IPv4 address mapped into
+    IPv6 is that IPv4 address: an IPv6-only socket cannot bind it ("Invalid argument")."""
     if ":" not in host:
         return host
     try:
-        return str(ipaddress.IPv6Address(host))
+        address = ipaddress.IPv6Address(host)
     except ValueError:
         return host
+    return str(address.ipv4_mapped or address)
 
 
 def host_port(host: str, port: int) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from keytrail.cli.listening import listen_host
+
 
 def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "keytrail", *map(str, args)], capture_output=True, text=True,
@@ -41,3 +43,12 @@ def test_brackets_around_anything_but_an_ipv6_address_are_refused(tmp_path: Path
     assert line.startswith(f"keytrail serve: Invalid value for '--host': {host!r}: brackets hold an IPv6 address "
                            "only ([::1]): give an address to listen on"), line
 
+
+
+@pytest.mark.parametrize(("host", "address"), [
+    ("[::1]", "::1"), ("0:0:0:0:0:0:0:0", "::"), ("[0::1]", "::1"), ("2001:DB8::1", "2001:db8::1"),
+    # an IPv4 address mapped into IPv6: "cannot listen on [::ffff:127.0.0.1]:4599 (Invalid argument)"
+    ("::ffff:127.0.0.1", "127.0.0.1"), ("127.0.0.1", "127.0.0.1"), ("localhost", "localhost"), ("::", "::"),
+])
+def test_an_address_to_listen_on_is_taken_in_one_spelling(host: str, address: str) -> None:
+    assert listen_host("--port")(host) == address
