@@ -403,10 +403,20 @@ def _ip(request: Any, policy: Any, _: Resolve) -> bool:
 
 @lru_cache(maxsize=1024)
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The range `text` writes; one of IPv4 addresses mapped into IPv6 (`::ffff:203.0.113.0/120`)
+    as the IPv4 range it is, for a caller is recorded by its IPv4 address (api/source_ip.py): as
+    written, a Deny on it missed every caller it names."""
     try:
-        return ipaddress.ip_network(text, strict=False)
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
+    mapped = network.network_address.ipv4_mapped if isinstance(network, ipaddress.IPv6Network) else None
+    if mapped is None or network.prefixlen < _MAPPED_PREFIX:
+        return network
+    return ipaddress.IPv4Network((mapped, network.prefixlen - _MAPPED_PREFIX))
+
+
+_MAPPED_PREFIX = 96  # ::ffff:0:0/96, the IPv4-mapped addresses (RFC 4291 §2.5.5.2)
 
 
 @lru_cache(maxsize=4096)

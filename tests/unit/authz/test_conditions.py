@@ -73,6 +73,12 @@ PRESENT = [
     ("NotIpAddress", "203.0.113.0/24", "198.51.100.7", True),
     ("NotIpAddress", "203.0.113.0/24", "203.0.113.7", False),
     ("IpAddress", "not-a-cidr", "203.0.113.7", False),
+    # The caller's address is recorded as the IPv4 address an IPv4-mapped one is (api/source_ip.py):
+    # a range written mapped still holds it, or a Deny written so would miss every such caller.
+    ("IpAddress", "::ffff:203.0.113.0/120", "203.0.113.7", True),
+    ("IpAddress", "::ffff:203.0.113.7", "203.0.113.7", True),
+    ("NotIpAddress", "::ffff:203.0.113.0/120", "203.0.113.7", False),
+    ("IpAddress", "::ffff:203.0.113.0/120", "198.51.100.7", False),
     ("ArnEquals", "arn:aws:iam::111122223333:role/app", "arn:aws:iam::111122223333:role/app", True),
     ("ArnEquals", "arn:aws:iam::111122223333:role/*", "arn:aws:iam::111122223333:role/app", True),
     ("ArnLike", "arn:aws:iam::*:role/app", "arn:aws:iam::444455556666:role/app", True),
