@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CLOUDTRAIL_COMMAND", "CLOUDTRAIL_HELP", "CLOUDTRAIL_METAVAR", "FREE_TIER_HELP", "KAFKA_BOOTSTRAP",
            "LISTEN_ADDRESS", "MQTT_URL", "STORE_URL", "Terminated", "address_option", "bootstrap_problem",
-           "cloudtrail_paths", "counted", "event_log_damage", "fail", "given", "interrupted_status",
+           "cloudtrail_paths", "counted", "event_log_damage", "fail", "first_given", "given", "interrupted_status",
            "log_files_problem", "missing_paths", "mqtt_password_warning", "mqtt_problem", "named_path", "no_core_dumps",
            "number_in_range", "os_problem", "path_option", "price_table", "printable", "terminate_as_interrupt",
            "url_password", "url_secrets"]
@@ -127,6 +127,19 @@ def _variable_given(envvar: str, what: str) -> Callable[[str | None], str | None
         return value
 
     return check
+
+
+def first_given(ctx: typer.Context, *options: str) -> str | None:
+    """The first of `options` (`--group`) given on the command line or in the environment, not its
+    default standing in: an option another mode takes is refused, not passed over in silence."""
+    given_options = {option for param in ctx.command.params
+                     if _given_source(ctx.get_parameter_source(param.name or "")) for option in param.opts}
+    return next((option for option in options if option in given_options), None)
+
+
+def _given_source(source: Any) -> bool:
+    """Whether click's ParameterSource is a value given (by its name: typer keeps click private)."""
+    return source is not None and source.name != "DEFAULT"
 
 
 def given(what: str) -> Callable[[str], str]:

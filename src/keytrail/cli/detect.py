@@ -34,6 +34,7 @@ from keytrail.cli.console import (
     cloudtrail_paths,
     counted,
     fail,
+    first_given,
     interrupted_status,
     log_files_problem,
     missing_paths,
@@ -154,14 +155,14 @@ def detect(
                 raise BadInput("--mqtt goes with --kafka (a live detector): --cloudtrail prints its alarms")
             if problem := log_files_problem(cloudtrail, "--cloudtrail"):
                 raise BadInput(problem)
-            if live := _given(ctx, *_LIVE_OPTIONS):  # a default stands in for it offline, saying nothing
+            if live := first_given(ctx, *_LIVE_OPTIONS):  # a default stands in for it offline, saying nothing
                 raise BadInput(f"{live} goes with --kafka (a live detector): {_LIVE_OPTIONS[live]}")
             _print_offline(_run_offline_until_stopped(cloudtrail, rules, _time(as_of) if as_of else None,
                                                       organization_of), fmt)
         elif kafka:
             if as_of is not None:  # live time rules tick as of the events read, never as of a given time
                 raise BadInput("--as-of goes with --cloudtrail (offline), not --kafka")
-            if _given(ctx, "--format"):  # the live detector prints nothing: its alarms go to alarms.jsonl and hooks
+            if first_given(ctx, "--format"):  # live prints nothing: alarms go to alarms.jsonl, hooks
                 raise BadInput("--format goes with --cloudtrail (offline, whose alarms it prints): --kafka writes "
                                "them to <data-dir>/alarms.jsonl and the hooks")
             if problem := bootstrap_problem(kafka) or mqtt_problem(mqtt):
@@ -190,15 +191,6 @@ def detect(
 #: told apart from their defaults by where their value came from.
 _LIVE_OPTIONS = {"--data-dir": "--cloudtrail writes no alarms.jsonl, it prints its alarms (--format json > FILE)",
                  "--tick-every": "--cloudtrail judges time rules once, as of --as-of (default: the last event)"}
-
-
-def _given(ctx: typer.Context, *options: str) -> str | None:
-    """The first of `options` given on the command line (not its default standing in), if any."""
-    from typer._click.core import ParameterSource
-
-    given_options = {option for param in ctx.command.params for option in param.opts
-                     if ctx.get_parameter_source(param.name or "") not in (None, ParameterSource.DEFAULT)}
-    return next((option for option in options if option in given_options), None)
 
 
 def _organizations(principals: Path | None) -> OrganizationOf:

@@ -30,6 +30,7 @@ from keytrail.cli.console import (
     counted,
     event_log_damage,
     fail,
+    first_given,
     given,
     log_files_problem,
     named_path,
@@ -316,7 +317,7 @@ def consume(
     if kafka and not follow:  # a group member follows its partitions: the run would never end by it
         raise fail("--no-follow goes with the embedded log; with --kafka, --exit-when-idle S stops once the topic "
                    "is idle for S seconds", CONSUME)
-    if not kafka and _given(ctx, "group"):  # the embedded log and files have one consumer, no group
+    if not kafka and first_given(ctx, "--group"):  # the embedded log and files have one consumer, no group
         raise fail("--group goes with --kafka (the consumer group sharing the topic's partitions)", CONSUME)
     if problem := bootstrap_problem(kafka) or (cloudtrail and log_files_problem(cloudtrail, "--cloudtrail")):
         raise fail(problem, CONSUME)
@@ -360,13 +361,6 @@ def consume(
     if problems:  # what could be read is counted; a script still learns that some was not
         raise fail(f"{counted(len(problems), 'problem')} in the CloudTrail log files "
                    "(above): the figures leave out what could not be read", CONSUME, code=1)
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the option of parameter `name` was given, not its default standing in."""
-    from typer._click.core import ParameterSource
-
-    return ctx.get_parameter_source(name) not in (None, ParameterSource.DEFAULT)
 
 
 def _say_skipped(text: str) -> None:
