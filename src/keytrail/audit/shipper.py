@@ -32,6 +32,7 @@ from keytrail.transport.kafka import (
     ensure_topic,
 )
 from keytrail.transport.segment_reader import SegmentReader, StallWatch
+from keytrail.transport.topic_settings import TopicUnfit
 from keytrail.transport.topics import AUDIT_TOPIC, IMPORTED_HEADER
 
 __all__ = ["AUDIT_TOPIC", "RecordTooLargeForBroker", "ShippedOffset", "Shipper"]
@@ -108,6 +109,26 @@ class _Pause(_Outage):
 
     def _ended(self, seconds: float) -> None:
         log.warning("audit shipping to %s resumed after %.0f s paused", self.bootstrap, seconds)
+
+
+class _Unfit(_Outage):
+    """The log lines of a topic set up to lose records or refuse every write (compacted,
+    min.insync.replicas above its replicas): at ERROR, an operator must change it; said once a minute,
+    not at each retry, and once when shipping resumes."""
+
+    def __init__(self, bootstrap: str, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(clock)
+        self.bootstrap = bootstrap
+
+    def _began(self, reason: str) -> None:
+        log.error("audit shipping to %s is stuck: %s", self.bootstrap, reason)
+
+    def _lasts(self, seconds: float, retries: int, reason: str) -> None:
+        log.error("audit shipping to %s is stuck for %.0f s (%d retries since the last line): %s",
+                  self.bootstrap, seconds, retries, reason)
+
+    def _ended(self, seconds: float) -> None:
+        log.warning("audit shipping to %s resumed after %.0f s stuck on the topic's settings", self.bootstrap, seconds)
 
 
 class _OffsetUnwritten(_Outage):
@@ -248,6 +269,7 @@ class Shipper:
         self._imported = ImportedSpans(())  # read at `run`: an import cannot add to a log its node holds
         self._stop = asyncio.Event()
         self._pause = _Pause(bootstrap)
+        self._unfit = _Unfit(bootstrap)
         self.connected = False
         self.linger = LINGER_SECONDS
 
@@ -259,10 +281,12 @@ class Shipper:
         # found its stop already set and ended without trying, the durable records left unsaid.
         while True:
             try:
-                await ensure_topic(self.bootstrap, self.topic, self.partitions, self.replication_factor)
+                await ensure_topic(self.bootstrap, self.topic, self.partitions, self.replication_factor, whole=True)
                 async with KafkaProducerLink(self.bootstrap, next_offsets=self._next_offsets) as link:
                     self.connected, delay = True, RETRY_SECONDS[0]
                     await self._ship_forever(link)
+            except TopicUnfit as exc:  # compacted, or refusing every write: shipping there would lose records
+                self._unfit.failed(exc)
             except RecordTooLargeForBroker as exc:  # not passing by itself: an operator must act
                 log.error("audit shipping to %s is stuck: %s", self.bootstrap, exc)
             except BrokerLostRecords as exc:  # the batch not stored either: sent again once the topic is made
@@ -295,6 +319,7 @@ class Shipper:
             await self._offset.write(now=False)  # a retry, when one is due (idle, no batch tries it)
             shipped = await self._ship_once(link)
             self._pause.ended()  # a round went through: not on connecting alone, nor on the offset's write
+            self._unfit.ended()
             if self._stop.is_set() and not shipped:
                 return
             if 0 < shipped < _BATCH and not self._stop.is_set():

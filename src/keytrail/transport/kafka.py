@@ -27,6 +27,7 @@ from keytrail.transport.kafka_security import (
     kafka_client_options,
     refusal,
 )
+from keytrail.transport.topic_settings import refuse_unfit
 
 __all__ = ["BrokerLostRecords", "KafkaProducerLink", "NextOffsets", "RecordsTooLarge", "access_refused",
            "ensure_topic", "kafka_problem", "partition_for", "quiet_bootstrap", "read_again_where_log_ended_below",
@@ -166,20 +167,27 @@ async def _takes_tcp(host: str, port: int, timeout_ms: int) -> bool:
 
 
 async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication_factor: int = 1, *,
-                       timeout_ms: int = 10_000) -> None:
-    """Create `topic` with `partitions`, each on `replication_factor` brokers, unless it exists."""
+                       timeout_ms: int = 10_000, whole: bool = False) -> None:
+    """Create `topic` with `partitions`, each on `replication_factor` brokers, unless it exists.
+    `whole`: the topic must keep every record written to it (the audit trail): TopicUnfit if its
+    settings, an operator's or the broker's defaults, would lose them or refuse every write."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **kafka_client_options())
     try:
         with told_refusals():
             await admin.start()
-        if topic in await admin.list_topics():
-            return
-        response = await admin.create_topics([NewTopic(topic, partitions, replication_factor)])
-        for name, code, *rest in response.topic_errors:
-            if code not in (0, _TOPIC_EXISTS):
-                raise RuntimeError(f"cannot create Kafka topic {name}: error {code} {rest}")
+        if topic not in await admin.list_topics():
+            await _create(admin, topic, partitions, replication_factor)
+        if whole:
+            await refuse_unfit(admin, topic)
     finally:
         await admin.close()
+
+
+async def _create(admin: AIOKafkaAdminClient, topic: str, partitions: int, replication_factor: int) -> None:
+    response = await admin.create_topics([NewTopic(topic, partitions, replication_factor)])
+    for name, code, *rest in response.topic_errors:
+        if code not in (0, _TOPIC_EXISTS):
+            raise RuntimeError(f"cannot create Kafka topic {name}: error {code} {rest}")
 
 
 def partition_for(key: bytes | None, partitions: Sequence[int]) -> int:

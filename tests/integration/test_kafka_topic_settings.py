@@ -1,0 +1,79 @@
+"""serve --kafka against an audit topic an operator's cluster already has, set up to lose records or to
+refuse every write (tansu keeps and reports a topic's settings, without acting on them)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from keytrail.audit.shipper import AUDIT_TOPIC
+from tests.support.server import KeytrailServer
+from tests.support.services import kafka_broker, topic_values
+from tests.support.waits import eventually_blocking
+
+pytestmark = pytest.mark.integration
+
+
+async def _make_topic(bootstrap: str, settings: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(AUDIT_TOPIC, 1, 1, topic_configs=settings)])
+    finally:
+        await admin.close()
+
+
+async def _delete_topic(bootstrap: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([AUDIT_TOPIC])
+    finally:
+        await admin.close()
+
+
+def _shipped(bootstrap: str) -> list[bytes]:
+    return asyncio.run(topic_values(bootstrap, AUDIT_TOPIC))
+
+
+@pytest.mark.parametrize(("settings", "said"), [
+    ({"cleanup.policy": "compact"},
+     "topic keytrail.audit.v1 has cleanup.policy=compact: Kafka would keep only the latest record of each key ARN "
+     "and delete the audit history before it. Nothing is shipped to it until it is set to delete "
+     "(kafka-configs.sh --alter --entity-type topics --entity-name keytrail.audit.v1 --add-config "
+     "cleanup.policy=delete); the records wait in the event log"),
+    ({"min.insync.replicas": "2"},
+     "topic keytrail.audit.v1 has min.insync.replicas=2 but 1 replica(s) per partition: Kafka refuses every write "
+     "keytrail makes (acks=all) with NotEnoughReplicas. Nothing is shipped to it until min.insync.replicas is at "
+     "most 1 or the topic has more replicas; the records wait in the event log"),
+], ids=["compacted", "min-insync-above-replicas"])
+def test_an_audit_topic_set_up_to_lose_records_gets_none_and_is_named_until_it_is_put_right(
+        tmp_path: Path, settings: dict[str, str], said: str) -> None:
+    """A compacted audit topic keeps one record per key ARN: the calls before each key's latest were
+    deleted by Kafka, no consumer told. One whose min.insync.replicas exceeds its replicas refuses
+    every acks=all write, which looked like a broker briefly down. serve shipped to either as to any
+    topic. Now it ships nothing there, says why at ERROR, keeps serving from the event log, and
+    ships every record once the topic is put right (here: deleted, and made anew by the shipper)."""
+    with kafka_broker() as bootstrap:
+        asyncio.run(_make_topic(bootstrap, settings))
+        server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap, "--no-detector").start()
+        try:
+            kms = server.client()
+            key = kms.create_key()["KeyMetadata"]["KeyId"]
+            for _ in range(3):
+                kms.encrypt(KeyId=key, Plaintext=b"x")  # same key ARN: what compaction would drop
+            eventually_blocking(lambda: said in server.log.read_text(), what="the topic's settings named")
+            assert _shipped(bootstrap) == []
+            asyncio.run(_delete_topic(bootstrap))
+            eventually_blocking(lambda: len(_shipped(bootstrap)) == 4, what="every record shipped")
+        finally:
+            assert server.stop() == 0
+    log = server.log.read_text()
+    assert len(re.findall(r" ERROR keytrail\.audit\.shipper: audit shipping to \S+ is stuck: ", log)) == 1, log
+    assert re.search(r" WARNING keytrail\.audit\.shipper: audit shipping to \S+ resumed after \d+ s stuck on the "
+                     r"topic's settings", log), log
+    assert "Traceback" not in log, log
