@@ -111,10 +111,10 @@ class _Pause(_Outage):
         log.warning("audit shipping to %s resumed after %.0f s paused", self.bootstrap, seconds)
 
 
-class _Unfit(_Outage):
-    """The log lines of a topic set up to lose records or refuse every write (compacted,
-    min.insync.replicas above its replicas): at ERROR, an operator must change it; said once a minute,
-    not at each retry, and once when shipping resumes."""
+class _Stuck(_Outage):
+    """The log lines of shipping stuck until an operator acts (a record larger than the topic takes,
+    a topic set up to lose records or refuse every write): at ERROR, once a minute, not at each
+    retry (every 5 s: 720 lines an hour), and once when shipping resumes."""
 
     def __init__(self, bootstrap: str, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)
@@ -128,7 +128,7 @@ class _Unfit(_Outage):
                   self.bootstrap, seconds, retries, reason)
 
     def _ended(self, seconds: float) -> None:
-        log.warning("audit shipping to %s resumed after %.0f s stuck on the topic's settings", self.bootstrap, seconds)
+        log.warning("audit shipping to %s resumed after %.0f s stuck", self.bootstrap, seconds)
 
 
 class _OffsetUnwritten(_Outage):
@@ -269,7 +269,7 @@ class Shipper:
         self._imported = ImportedSpans(())  # read at `run`: an import cannot add to a log its node holds
         self._stop = asyncio.Event()
         self._pause = _Pause(bootstrap)
-        self._unfit = _Unfit(bootstrap)
+        self._stuck = _Stuck(bootstrap)
         self.connected = False
         self.linger = LINGER_SECONDS
 
@@ -285,10 +285,10 @@ class Shipper:
                 async with KafkaProducerLink(self.bootstrap, next_offsets=self._next_offsets) as link:
                     self.connected, delay = True, RETRY_SECONDS[0]
                     await self._ship_forever(link)
-            except TopicUnfit as exc:  # compacted, or refusing every write: shipping there would lose records
-                self._unfit.failed(exc)
-            except RecordTooLargeForBroker as exc:  # not passing by itself: an operator must act
-                log.error("audit shipping to %s is stuck: %s", self.bootstrap, exc)
+            # Not passing by itself: an operator must act. A topic compacted, or refusing every write,
+            # would lose the records shipped there.
+            except (TopicUnfit, RecordTooLargeForBroker) as exc:
+                self._stuck.failed(exc)
             except BrokerLostRecords as exc:  # the batch not stored either: sent again once the topic is made
                 self._said_lost(exc)
             except Exception as exc:  # broker down or unreachable: keep the records, retry
@@ -319,7 +319,7 @@ class Shipper:
             await self._offset.write(now=False)  # a retry, when one is due (idle, no batch tries it)
             shipped = await self._ship_once(link)
             self._pause.ended()  # a round went through: not on connecting alone, nor on the offset's write
-            self._unfit.ended()
+            self._stuck.ended()
             if self._stop.is_set() and not shipped:
                 return
             if 0 < shipped < _BATCH and not self._stop.is_set():
