@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -106,9 +107,10 @@ def render_text(summary: dict[str, Any]) -> str:
     lines += _usage_lines(summary["usage"], names)
     lines += _cost_lines(summary["cost"], names)
     data_dir = summary["dataDir"]
+    word = shlex.quote(data_dir)  # the commands are pasted into a shell: a space must not split the path
     lines += [f"HTML report: {summary['report']}", "",
-              f"Data dir: {data_dir}  (try: keytrail usage --data-dir {data_dir}; "
-              f"keytrail cost --data-dir {data_dir}; keytrail last-used --data-dir {data_dir})"]
+              f"Data dir: {data_dir}  (try: keytrail usage --data-dir {word}; "
+              f"keytrail cost --data-dir {word}; keytrail last-used --data-dir {word})"]
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import shlex
 import signal
 import socket
 import sys
@@ -120,7 +121,8 @@ def uncounted_note(data_dir: Path, store: MetricsStore | None) -> str | None:
         return None
     verb = "is" if behind == 1 else "are"
     return (f"note: {counted(behind, 'event')} of the event log in {data_dir} {verb} not counted yet and no "
-            f"consumer is running: run `keytrail consume --data-dir {data_dir} --no-follow` (or keytrail serve) first")
+            f"consumer is running: run `keytrail consume --data-dir {shlex.quote(str(data_dir))} --no-follow` "
+            "(or keytrail serve) first")  # quoted: the command is pasted into a shell
 
 
 def _noun(count: int, noun: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import shlex
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -167,13 +168,14 @@ def check_data_dir_owned(data_dir: Path) -> None:
     directory with "wrong ownership" or "invalid permissions". One others may only read (0755, as
     `mkdir` makes it) is served: what keytrail writes in it is 0600 and 0700."""
     if problem := sharing_problem(data_dir.stat(), chmod="700"):
+        word = shlex.quote(str(data_dir))  # the fix is pasted into a shell: a space must not split the path
         if problem.owned:
             raise serve_fail(f"--data-dir: {data_dir} {problem}: its owner could read the root key and the key store: "
-                             f"chown -R {os.geteuid()} {data_dir} once you know what it holds is yours, or give "
+                             f"chown -R {os.geteuid()} {word} once you know what it holds is yours, or give "
                              "another --data-dir")
         if problem.changeable:
             raise serve_fail(f"--data-dir: {data_dir} {problem}: they could swap the root key, the principals file or "
-                             f"the key store for their own: chmod 700 {data_dir}, or give a new folder inside it "
+                             f"the key store for their own: chmod 700 {word}, or give a new folder inside it "
                              f"(a volume's mount point: {data_dir / 'keytrail'}), which serve makes 0700")
     for path in (data_dir / name for name in _OWN_FILES):
         # The key store, writable by others, has policies and grants they rewrite (the root key
