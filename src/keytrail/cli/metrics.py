@@ -467,6 +467,8 @@ def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: Pro
     problem = problems.append  # every one: each file's read counts only its own; the first are said as met
     files = list(iter_log_files(paths, problem))
     bar = Progress("files", enabled=len(files) > 1 and sys.stderr.isatty())  # one file: nothing to follow
+    if problems.on_shown is not None:
+        problems.on_shown = bar.above(problems.on_shown)  # a problem said as met: its own line
     done = 0
 
     def advance(count: int) -> None:

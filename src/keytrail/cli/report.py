@@ -213,6 +213,8 @@ def _collect_files(paths: list[Path], options: ReportOptions, progress: bool | N
     from keytrail.reports.collect import collect_sync
 
     bar = Progress("files", enabled=progress)
+    if read.problems.on_shown is not None:
+        read.problems.on_shown = bar.above(read.problems.on_shown)  # a problem said as met: its own line
     try:
         return collect_sync(_files_source(paths, bar, read), options)
     finally:
