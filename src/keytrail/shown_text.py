@@ -6,8 +6,9 @@ shows one ARN as another."""
 from __future__ import annotations
 
 import html
+import unicodedata
 
-__all__ = ["markup", "printable"]
+__all__ = ["columns", "encodable", "markup", "padded", "printable"]
 
 
 def printable(text: str) -> str:
@@ -21,3 +22,29 @@ def printable(text: str) -> str:
 def markup(text: str) -> str:
     """`text` as HTML text or an attribute value: `printable`, with `<`, `>`, `&` and quotes escaped."""
     return html.escape(printable(text))
+
+
+def encodable(text: str, encoding: str) -> str:
+    """`text` as a stream in `encoding` shows it: each character the encoding lacks as its backslash
+    escape (`\\xfc`), as the entry point has stdout write it (an ASCII stdout under LC_ALL=C)."""
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # an encoding Python does not know: the text as it is
+        pass
+    return text
+
+
+def columns(text: str) -> int:
+    """How many terminal columns `text` takes: two for a wide character (CJK, most emoji), none
+    for a combining mark, as wcwidth(3) counts them; `len` put the next column off by one per emoji."""
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in text)
+
+
+def padded(text: str, width: int) -> str:
+    """`text` with spaces after it up to `width` terminal columns (`str.ljust` counts characters)."""
+    return text + " " * (width - columns(text))

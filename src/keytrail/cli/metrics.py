@@ -45,6 +45,7 @@ from keytrail.cli.time_window import parse_window, since_after_default_end
 from keytrail.owner_only import make_dirs
 from keytrail.pipeline.kafka_lock import hold_as_event_log_consumer, hold_as_kafka_consumer, kafka_consumers_counting
 from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION, SEGMENT_LOG_PARTITION, consumer_lock, counted_partitions
+from keytrail.shown_text import columns, encodable, padded
 from keytrail.transport.read_problems import Problems
 from keytrail.transport.segment_log import SegmentLog, event_log_dir, lock_held, writer_active
 
@@ -554,10 +555,13 @@ def json_line(row: dict[str, Any]) -> str:
 
 
 def table(rows: list[dict[str, Any]], fields: list[str]) -> str:
-    cells = _cells(rows, fields)
-    widths = [max([len(name), *(len(c[i]) for c in cells)]) for i, name in enumerate(fields)]
+    """`rows` in columns as wide as their widest cell as the terminal shows it: a wide character
+    takes two columns, one stdout's encoding lacks is as wide as its escape (`\\xfc`, under LC_ALL=C)."""
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    cells = [[encodable(cell, encoding) for cell in row] for row in _cells(rows, fields)]
+    widths = [max([len(name), *(columns(c[i]) for c in cells)]) for i, name in enumerate(fields)]
     lines = ["  ".join(name.ljust(w) for name, w in zip(fields, widths, strict=True))]
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells)
+    lines.extend("  ".join(padded(c, w) for c, w in zip(row, widths, strict=True)) for row in cells)
     return "\n".join(line.rstrip() for line in lines)
 
 
