@@ -181,6 +181,8 @@ def detect(
             raise BadInput("give --cloudtrail PATH… (offline) or --kafka BOOTSTRAP (live)")
     except BrokenPipeError:  # what reads the alarms is gone (`| head -1`): quietly, exit 1, as click ends it
         raise
+    except StdoutFailed as failed:
+        raise failed.error from None
     except (BadInput, RuleError, ValueError, OSError) as exc:
         typer.echo(f"keytrail detect: {printable(str(exc))}", err=True)  # it may quote an input file's text
         raise typer.Exit(2) from None
@@ -404,6 +406,8 @@ def analyze(
             _note_unknown_rotation(items, inventory)
     except BrokenPipeError:  # as in `detect`: a closed output pipe is no bad input
         raise
+    except StdoutFailed as failed:
+        raise failed.error from None
     except (BadInput, RuleError, ValueError, KeyError, OSError, SealError, StoreUnavailable) as exc:
         typer.echo(f"keytrail analyze: {printable(str(exc))}", err=True)  # it may quote an input file's text
         raise typer.Exit(2) from None
@@ -602,16 +606,31 @@ def _time(text: str) -> datetime:
         raise BadInput(f"--as-of {text!r} is out of range in UTC") from None
 
 
+class StdoutFailed(Exception):
+    """Standard output could not take the alarms (a full disk, `>&-`): no bad input, so not the
+    commands' exit 2 naming Python's "[Errno 28] …", but the entry point's line and exit 1, as for
+    every other command's output. A broken pipe stays itself: quietly, exit 1."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def _print(alarms: list[Alarm], fmt: str, over: str | None) -> None:
     """The alarms; under the table, for a reader, what they were judged `over`: an empty table must
     not look like a run that checked nothing."""
-    for alarm in alarms:
-        if fmt == "json":
-            typer.echo(json.dumps(alarm.to_json(), separators=(",", ":")))
-        else:
-            typer.echo(printable(f"{alarm.severity.value:<8} {alarm.rule:<20} {alarm.count:>6}  {alarm.summary}"))
-    if fmt == "table" and over is not None:
-        typer.echo(f"{counted(len(alarms), 'alarm')} over {over}")
+    try:
+        for alarm in alarms:
+            if fmt == "json":
+                typer.echo(json.dumps(alarm.to_json(), separators=(",", ":")))
+            else:
+                typer.echo(printable(f"{alarm.severity.value:<8} {alarm.rule:<20} {alarm.count:>6}  {alarm.summary}"))
+        if fmt == "table" and over is not None:
+            typer.echo(f"{counted(len(alarms), 'alarm')} over {over}")
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise StdoutFailed(error) from None
 
 
 def _print_offline(run: OfflineRun, fmt: str) -> None:
