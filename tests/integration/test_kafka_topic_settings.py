@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,32 @@ def test_an_audit_topic_set_up_to_lose_records_gets_none_and_is_named_until_it_i
     assert len(re.findall(r" ERROR keytrail\.audit\.shipper: audit shipping to \S+ is stuck: ", log)) == 1, log
     assert re.search(r" WARNING keytrail\.audit\.shipper: audit shipping to \S+ resumed after \d+ s stuck", log), log
     assert "Traceback" not in log, log
+
+
+def test_an_audit_topic_a_consumer_had_the_broker_make_is_named_when_it_has_fewer_replicas_than_asked(
+        tmp_path: Path) -> None:
+    """`keytrail consume --kafka` started before serve subscribes to the audit topic, which a broker
+    that makes topics on first use (auto.create.topics.enable, Apache Kafka's default) makes with
+    its own defaults: serve --kafka-replication-factor 2 then shipped the audit trail to partitions
+    of one replica, one broker's disk, saying nothing. It still ships there (the topic is the
+    operator's), and says in one warning what the topic lacks and why it may be so."""
+    with kafka_broker() as bootstrap:
+        consume = subprocess.run([sys.executable, "-m", "keytrail", "consume", "--kafka", bootstrap,
+                                  "--data-dir", str(tmp_path / "consumer"), "--exit-when-idle", "1"],
+                                 capture_output=True, text=True, timeout=60)
+        assert consume.returncode == 0, consume.stderr
+        server = KeytrailServer(tmp_path / "data", "--kafka", bootstrap, "--kafka-replication-factor", "2",
+                                "--no-detector").start()
+        try:
+            server.client().create_key()
+            eventually_blocking(lambda: len(_shipped(bootstrap)) == 1, what="the call shipped")
+        finally:
+            assert server.stop() == 0
+    log = server.log.read_text()
+    warnings = re.findall(r" WARNING keytrail\.transport\.topic_settings: (.*)", log)
+    assert warnings == [
+        "Kafka topic keytrail.audit.v1 exists with 4 partition(s) of 1 replica(s), where 3 partition(s) of 2 "
+        "replica(s) were asked for (--kafka-partitions, --kafka-replication-factor): made before, by hand or by the "
+        "broker at a client's first request (auto.create.topics.enable, num.partitions, default.replication.factor). "
+        "It is used as it is; add partitions or replicas to it (kafka-topics.sh --alter, kafka-reassign-partitions.sh) "
+        "for more"], log

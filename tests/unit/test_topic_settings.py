@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keytrail.transport.topic_settings import unfit_reasons
+from keytrail.transport.topic_settings import shape_shortfall, unfit_reasons
 
 
 @pytest.mark.parametrize("policy", ["compact", "compact,delete", "delete, compact", "COMPACT"])
@@ -32,3 +32,23 @@ def test_min_insync_replicas_above_the_fewest_replicas_of_a_partition_is_unfit()
 
 def test_both_faults_are_named() -> None:
     assert len(unfit_reasons("audit", {"cleanup.policy": "compact", "min.insync.replicas": "2"}, [1])) == 2
+
+
+@pytest.mark.parametrize(("partitions", "replication_factor", "replicas"), [
+    (3, 1, [1, 1, 1]),
+    (3, 2, [3, 2, 2, 2]),  # more partitions, more replicas than asked: the operator's choice
+    (3, 3, []),  # no partition described: nothing to judge by
+])
+def test_a_topic_with_the_partitions_and_replicas_asked_for_or_more_lacks_nothing(
+        partitions: int, replication_factor: int, replicas: list[int]) -> None:
+    assert shape_shortfall("audit", partitions, replication_factor, replicas) is None
+
+
+@pytest.mark.parametrize(("partitions", "replication_factor", "replicas", "shape"), [
+    (3, 1, [1], "1 partition(s) of 1 replica(s), where 3 partition(s) of 1 replica(s)"),
+    (3, 3, [3, 1, 3], "3 partition(s) of 1 replica(s), where 3 partition(s) of 3 replica(s)"),
+])
+def test_a_topic_with_fewer_partitions_or_replicas_than_asked_for_is_named(
+        partitions: int, replication_factor: int, replicas: list[int], shape: str) -> None:
+    said = shape_shortfall("audit", partitions, replication_factor, replicas)
+    assert said is not None and said.startswith(f"Kafka topic audit exists with {shape} were asked for"), said

@@ -27,7 +27,7 @@ from keytrail.transport.kafka_security import (
     kafka_client_options,
     refusal,
 )
-from keytrail.transport.topic_settings import refuse_unfit
+from keytrail.transport.topic_settings import check_topic
 
 __all__ = ["BrokerLostRecords", "KafkaProducerLink", "NextOffsets", "RecordsTooLarge", "access_refused",
            "ensure_topic", "kafka_problem", "partition_for", "quiet_bootstrap", "read_again_where_log_ended_below",
@@ -170,15 +170,17 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication_
                        timeout_ms: int = 10_000, whole: bool = False) -> None:
     """Create `topic` with `partitions`, each on `replication_factor` brokers, unless it exists.
     `whole`: the topic must keep every record written to it (the audit trail): TopicUnfit if its
-    settings, an operator's or the broker's defaults, would lose them or refuse every write."""
+    settings, an operator's or the broker's defaults, would lose them or refuse every write; a
+    warning if it was there with fewer partitions or replicas than asked for."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **kafka_client_options())
     try:
         with told_refusals():
             await admin.start()
-        if topic not in await admin.list_topics():
+        found = topic in await admin.list_topics()
+        if not found:
             await _create(admin, topic, partitions, replication_factor)
         if whole:
-            await refuse_unfit(admin, topic)
+            await check_topic(admin, topic, partitions, replication_factor, found=found)
     finally:
         await admin.close()
 

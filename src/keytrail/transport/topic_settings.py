@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-__all__ = ["TopicUnfit", "refuse_unfit", "unfit_reasons"]
+__all__ = ["TopicUnfit", "check_topic", "shape_shortfall", "unfit_reasons"]
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,32 @@ class TopicUnfit(RuntimeError):
     changes it, unlike a broker out of reach."""
 
 
-async def refuse_unfit(admin: AIOKafkaAdminClient, topic: str) -> None:
-    """Raise TopicUnfit naming what is wrong with `topic`'s settings, if anything is."""
-    reasons = unfit_reasons(topic, await _configs(admin, topic), await _replica_counts(admin, topic))
+async def check_topic(admin: AIOKafkaAdminClient, topic: str, partitions: int, replication_factor: int, *,
+                      found: bool) -> None:
+    """Raise TopicUnfit naming what is wrong with `topic`'s settings, if anything is; warn when one
+    `found` (not made now) has fewer partitions or replicas than keytrail would have made it with."""
+    replicas = await _replica_counts(admin, topic)
+    reasons = unfit_reasons(topic, await _configs(admin, topic), replicas)
     if reasons:
         raise TopicUnfit("; ".join(reasons))
+    if found and (shortfall := shape_shortfall(topic, partitions, replication_factor, replicas)):
+        log.warning("%s", shortfall)
+
+
+def shape_shortfall(topic: str, partitions: int, replication_factor: int, replicas: Sequence[int]) -> str | None:
+    """What an existing topic lacks of the partitions and replicas asked for (None: nothing). A client
+    that asked for it before serve made it (`consume --kafka`, `detect --kafka`) has a broker that
+    makes topics on first use (auto.create.topics.enable, Apache Kafka's default) make it with its
+    num.partitions and default.replication.factor, 1 and 1 by default: the audit trail on one
+    broker's disk, and one consumer of a group doing all the work, where the operator asked for more."""
+    fewest = min(replicas, default=0)
+    if not replicas or (len(replicas) >= partitions and fewest >= replication_factor):
+        return None
+    return (f"Kafka topic {topic} exists with {len(replicas)} partition(s) of {fewest} replica(s), where "
+            f"{partitions} partition(s) of {replication_factor} replica(s) were asked for (--kafka-partitions, "
+            f"--kafka-replication-factor): made before, by hand or by the broker at a client's first request "
+            f"(auto.create.topics.enable, num.partitions, default.replication.factor). It is used as it is; "
+            f"add partitions or replicas to it (kafka-topics.sh --alter, kafka-reassign-partitions.sh) for more")
 
 
 def unfit_reasons(topic: str, configs: Mapping[str, str], replicas: Sequence[int]) -> list[str]:
