@@ -129,13 +129,23 @@ def _fill_closed_standard_streams() -> None:
 
 
 def _escape_what_stdout_cannot_encode() -> None:
-    """A character stdout's encoding lacks (ASCII under LC_ALL=C, Latin-1 under an ISO-8859-1 locale)
-    is printed as a backslash escape, as Python's stderr does: imported records, tags and encryption
-    contexts hold any text, and a name in one ended the output in a UnicodeEncodeError traceback.
-    (Under the C locale Python's stdout has surrogateescape, which fails on them as strict does.)"""
-    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.errors in ("strict", "surrogateescape"):
-        codecs.register_error(_STDOUT_ERRORS, _file_name_bytes_else_escaped)
-        sys.stdout.reconfigure(errors=_STDOUT_ERRORS)
+    """A character stdout's encoding lacks (Latin-1 under an ISO-8859-1 locale) is printed as a
+    backslash escape, as Python's stderr does: imported records, tags and encryption contexts hold
+    any text, and a name in one ended the output in a UnicodeEncodeError traceback. (Under the C
+    locale Python's stdout has surrogateescape, which fails on them as strict does.)
+
+    An ASCII stream (LC_ALL=C with PYTHONUTF8=0) is made UTF-8, as Python's UTF-8 mode makes it
+    under a bare LC_ALL=C: click, which prints most lines, takes an ASCII stream for misconfigured
+    and writes UTF-8 with "replace" itself, so a path given in the locale's bytes (surrogates to
+    Python) was printed "r??p.html", not as given; and the other lines, escaped, disagreed with it."""
+    codecs.register_error(_STDOUT_ERRORS, _file_name_bytes_else_escaped)
+    for stream in (sys.stdout, sys.stderr):
+        if not isinstance(stream, io.TextIOWrapper):
+            continue
+        if codecs.lookup(stream.encoding).name == "ascii":
+            stream.reconfigure(encoding="utf-8", errors=_STDOUT_ERRORS)
+        elif stream is sys.stdout and stream.errors in ("strict", "surrogateescape"):
+            stream.reconfigure(errors=_STDOUT_ERRORS)
 
 
 _STDOUT_ERRORS = "keytrail.stdout"

@@ -556,7 +556,8 @@ def json_line(row: dict[str, Any]) -> str:
 
 def table(rows: list[dict[str, Any]], fields: list[str]) -> str:
     """`rows` in columns as wide as their widest cell as the terminal shows it: a wide character
-    takes two columns, one stdout's encoding lacks is as wide as its escape (`\\xfc`, under LC_ALL=C)."""
+    takes two columns, one stdout's encoding lacks is as wide as its escape (`\\u674e`, under a Latin-1
+    locale)."""
     encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
     cells = [[encodable(cell, encoding) for cell in row] for row in _cells(rows, fields)]
     widths = [max([len(name), *(columns(c[i]) for c in cells)]) for i, name in enumerate(fields)]

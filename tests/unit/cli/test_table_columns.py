@@ -1,7 +1,7 @@
 """The tables of `usage`, `cost` and `last-used` line up on the terminal whatever the names in them:
 an imported record may name a principal in any script, and its cells are as wide as the terminal
-shows them (a CJK character or an emoji takes two columns; under an ASCII locale a character is
-printed as its escape, four or ten columns). Real commands over an imported trail."""
+shows them (a CJK character or an emoji takes two columns; under a Latin-1 locale a character it
+lacks is printed as its escape, six or ten columns). Real commands over an imported trail."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from tests.support.audit_records import ACCOUNT, KEY_ARN
 USERS = ("alice", "мария", "jürgen😀", "李雷")  # the last one is last-used's
 
 
-def _keytrail(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _keytrail(*args: str | Path, env: dict[str, str] | None = None,
+              encoding: str = "utf-8") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "keytrail", *map(str, args)], capture_output=True, timeout=120,
-                          env={**os.environ, **(env or {})}, text=True, encoding="utf-8")
+                          env={**os.environ, **(env or {})}, text=True, encoding=encoding)
 
 
 def _node(tmp_path: Path) -> Path:
@@ -46,12 +47,13 @@ def _terminal_columns(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
-@pytest.mark.parametrize("locale", ["utf-8", "ascii"])
+@pytest.mark.parametrize("locale", ["utf-8", "ascii", "latin-1"])
 @pytest.mark.parametrize("command", ["usage", "last-used"])
 def test_every_row_of_a_table_starts_its_columns_where_the_header_does(tmp_path: Path, locale: str,
                                                                        command: str) -> None:
-    env = {"LC_ALL": "C", "PYTHONUTF8": "0"} if locale == "ascii" else {"PYTHONIOENCODING": "utf-8"}
-    shown = _keytrail(command, "--data-dir", _node(tmp_path), env=env)
+    env = {"LC_ALL": "C", "PYTHONUTF8": "0"} if locale == "ascii" else {"PYTHONIOENCODING": locale}
+    shown = _keytrail(command, "--data-dir", _node(tmp_path), env=env, encoding="latin-1" if locale == "latin-1"
+                      else "utf-8")
     assert shown.returncode == 0 and shown.stderr == "", shown.stderr
     header, *rows = shown.stdout.splitlines()
     assert len(rows) == (len(USERS) if command == "usage" else 1)
