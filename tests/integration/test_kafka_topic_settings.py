@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from keytrail.audit.shipper import AUDIT_TOPIC
+from keytrail.audit.shipper import AUDIT_TOPIC, ShippedOffset, Shipper
+from keytrail.transport.segment_log import SegmentLog
+from tests.support.kafka_proxy import KafkaProxy
 from tests.support.server import KeytrailServer
-from tests.support.services import kafka_broker, topic_values
-from tests.support.waits import eventually_blocking
+from tests.support.services import free_port, kafka_broker, topic_values
+from tests.support.waits import eventually, eventually_blocking
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +109,33 @@ def test_an_audit_topic_a_consumer_had_the_broker_make_is_named_when_it_has_fewe
         "broker at a client's first request (auto.create.topics.enable, num.partitions, default.replication.factor). "
         "It is used as it is; add partitions or replicas to it (kafka-topics.sh --alter, kafka-reassign-partitions.sh) "
         "for more"], log
+
+
+def _record(offset: int) -> bytes:
+    """An audit record of about 1 KB whose first field (keyArn) message_key_bytes reads: one key, one partition."""
+    key = b"arn:aws:kms:us-east-1:111122223333:key/one"
+    return b"\xc3\x01" + bytes(8) + b"\x02" + bytes([2 * len(key)]) + key + offset.to_bytes(4, "big") + bytes(1000)
+
+
+async def test_record_batches_are_no_larger_than_the_audit_topic_s_max_message_bytes(tmp_path: Path) -> None:
+    """Kafka holds a topic's max.message.bytes against a whole record batch: the shipper sent batches
+    of up to 256 KiB, so on a topic taking 20 KB it was refused at every retry once a round held more
+    than 20 KB of one partition's records, each of them ~1 KB, and shipping stuck for good (naming a
+    record of ~1 KB as too large). It now sends batches the topic takes. tansu does not enforce the
+    limit: a proxy before it measures the produce requests."""
+    records, limit, proxy_port = [_record(offset) for offset in range(100)], 20_000, free_port()
+    with kafka_broker(advertised_port=proxy_port) as direct:
+        async with KafkaProxy(int(direct.rsplit(":", 1)[1]), proxy_port) as proxy:
+            await _make_topic(proxy.bootstrap, {"max.message.bytes": str(limit)})
+            log = SegmentLog(tmp_path / "log", writable=True)
+            log.append(records)
+            log.sync()
+            shipped = ShippedOffset(tmp_path / "shipped-offset")
+            shipper = Shipper(proxy.bootstrap, tmp_path / "log", shipped, partitions=1,
+                              durable_end=lambda: len(records), committed=asyncio.Event())
+            running = asyncio.create_task(shipper.run())
+            await eventually(lambda: shipped.value == len(records), what="every record shipped")
+            await shipper.stop()
+            await asyncio.wait_for(running, 10)
+            assert sorted(await topic_values(proxy.bootstrap, AUDIT_TOPIC)) == sorted(records)
+    assert 0 < proxy.largest_produce <= limit + 200  # the batch, and the produce request's own fields

@@ -38,6 +38,7 @@ class KafkaProxy:
         self.fetched_from_log_start = 0  # fetches from below a log start made from there so far
         self._creating_topics = True  # whether metadata requests may have the broker create topics
         self.creations_refused = 0  # metadata requests asking for a topic's creation refused so far
+        self.largest_produce = 0  # bytes of the largest produce request forwarded so far
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._relays: set[asyncio.Task[None]] = set()
@@ -112,6 +113,8 @@ class KafkaProxy:
                 while await client.read(65536):
                     pass
                 return
+            if int.from_bytes(frame[:2], "big", signed=True) == PRODUCE:
+                self.largest_produce = max(self.largest_produce, len(frame))
             frame = self._fetching_from_log_start(self._without_topic_creation(frame))
             to_broker.write(len(frame).to_bytes(4, "big", signed=True) + frame)
             await to_broker.drain()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keytrail.transport.topic_settings import shape_shortfall, unfit_reasons
+from keytrail.transport.topic_settings import batch_bytes, shape_shortfall, unfit_reasons
 
 
 @pytest.mark.parametrize("policy", ["compact", "compact,delete", "delete, compact", "COMPACT"])
@@ -52,3 +52,14 @@ def test_a_topic_with_fewer_partitions_or_replicas_than_asked_for_is_named(
         partitions: int, replication_factor: int, replicas: list[int], shape: str) -> None:
     said = shape_shortfall("audit", partitions, replication_factor, replicas)
     assert said is not None and said.startswith(f"Kafka topic audit exists with {shape} were asked for"), said
+
+
+@pytest.mark.parametrize(("configs", "expected"), [
+    ({}, 1000),  # not told (tansu's defaults, DescribeConfigs refused): as large as keytrail sends
+    ({"max.message.bytes": "1048588"}, 1000),  # Kafka's default takes keytrail's batches
+    ({"max.message.bytes": "600"}, 600),
+    ({"max.message.bytes": "0"}, 1000),
+    ({"max.message.bytes": "lots"}, 1000),
+])
+def test_a_record_batch_is_no_larger_than_the_topic_takes(configs: dict[str, str], expected: int) -> None:
+    assert batch_bytes(configs, 1000) == expected

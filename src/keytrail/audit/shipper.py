@@ -24,6 +24,7 @@ from keytrail.audit.schema import message_key_bytes
 from keytrail.owner_only import open_regular, write_bytes
 from keytrail.transport.frames import framed_size
 from keytrail.transport.kafka import (
+    MAX_BATCH_BYTES,
     BrokerLostRecords,
     KafkaProducerLink,
     Message,
@@ -32,7 +33,7 @@ from keytrail.transport.kafka import (
     ensure_topic,
 )
 from keytrail.transport.segment_reader import SegmentReader, StallWatch
-from keytrail.transport.topic_settings import TopicUnfit
+from keytrail.transport.topic_settings import TopicUnfit, batch_bytes
 from keytrail.transport.topics import AUDIT_TOPIC, IMPORTED_HEADER
 
 __all__ = ["AUDIT_TOPIC", "RecordTooLargeForBroker", "ShippedOffset", "Shipper"]
@@ -281,8 +282,10 @@ class Shipper:
         # found its stop already set and ended without trying, the durable records left unsaid.
         while True:
             try:
-                await ensure_topic(self.bootstrap, self.topic, self.partitions, self.replication_factor, whole=True)
-                async with KafkaProducerLink(self.bootstrap, next_offsets=self._next_offsets) as link:
+                configs = await ensure_topic(self.bootstrap, self.topic, self.partitions, self.replication_factor,
+                                             whole=True)
+                async with KafkaProducerLink(self.bootstrap, next_offsets=self._next_offsets,
+                                             max_batch_bytes=batch_bytes(configs or {}, MAX_BATCH_BYTES)) as link:
                     self.connected, delay = True, RETRY_SECONDS[0]
                     await self._ship_forever(link)
             # Not passing by itself: an operator must act. A topic compacted, or refusing every write,

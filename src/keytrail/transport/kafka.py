@@ -29,15 +29,16 @@ from keytrail.transport.kafka_security import (
 )
 from keytrail.transport.topic_settings import check_topic
 
-__all__ = ["BrokerLostRecords", "KafkaProducerLink", "NextOffsets", "RecordsTooLarge", "access_refused",
-           "ensure_topic", "kafka_problem", "partition_for", "quiet_bootstrap", "read_again_where_log_ended_below",
-           "told_refusals"]
+__all__ = ["MAX_BATCH_BYTES", "BrokerLostRecords", "KafkaProducerLink", "NextOffsets", "RecordsTooLarge",
+           "access_refused", "ensure_topic", "kafka_problem", "partition_for", "quiet_bootstrap",
+           "read_again_where_log_ended_below", "told_refusals"]
 
 log = logging.getLogger(__name__)
 
 _TOPIC_EXISTS = 36
 _YIELD_EVERY = 500  # records appended to batches between yields to the serving loop (~0.4 ms)
 _ABANDON_SECONDS = 0.5  # a producer's stop after a cancelled send, at most
+MAX_BATCH_BYTES = 256 << 10  # a record batch, at most (but one record larger): a topic may take less
 _PARTITION_CACHE = 1 << 16  # key ARNs remembered with their partition (murmur2 costs ~11 µs a key)
 
 Headers = list[tuple[str, bytes]]  # aiokafka takes a list, no other sequence
@@ -167,11 +168,12 @@ async def _takes_tcp(host: str, port: int, timeout_ms: int) -> bool:
 
 
 async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication_factor: int = 1, *,
-                       timeout_ms: int = 10_000, whole: bool = False) -> None:
+                       timeout_ms: int = 10_000, whole: bool = False) -> dict[str, str]:
     """Create `topic` with `partitions`, each on `replication_factor` brokers, unless it exists.
     `whole`: the topic must keep every record written to it (the audit trail): TopicUnfit if its
     settings, an operator's or the broker's defaults, would lose them or refuse every write; a
-    warning if it was there with fewer partitions or replicas than asked for."""
+    warning if it was there with fewer partitions or replicas than asked for; returns its settings
+    as the broker told them (none without `whole`)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **kafka_client_options())
     try:
         with told_refusals():
@@ -180,7 +182,8 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int, replication_
         if not found:
             await _create(admin, topic, partitions, replication_factor)
         if whole:
-            await check_topic(admin, topic, partitions, replication_factor, found=found)
+            return await check_topic(admin, topic, partitions, replication_factor, found=found)
+        return {}
     finally:
         await admin.close()
 
@@ -217,14 +220,15 @@ class KafkaProducerLink:
     """An aiokafka producer that sends keyed messages as one record batch per partition and
     returns only when the broker acknowledged every batch."""
 
-    def __init__(self, bootstrap: str, *, request_timeout_ms: int = 10_000, next_offsets: NextOffsets | None = None
-                 ) -> None:
+    def __init__(self, bootstrap: str, *, request_timeout_ms: int = 10_000, next_offsets: NextOffsets | None = None,
+                 max_batch_bytes: int = MAX_BATCH_BYTES) -> None:
         """`next_offsets`: where each partition's next acknowledgement must be, kept by the caller
         across links (a link made after an outage then still sees a broker that came back empty);
-        this link's own if None."""
+        this link's own if None. `max_batch_bytes`: the largest record batch the topic takes (its
+        max.message.bytes, `batch_bytes`)."""
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
-            max_batch_size=256 << 10, request_timeout_ms=request_timeout_ms, **kafka_client_options(),
+            max_batch_size=max_batch_bytes, request_timeout_ms=request_timeout_ms, **kafka_client_options(),
         )
         self._partitions: dict[str, list[int]] = {}
         self._partition_of: dict[tuple[str, bytes], int] = {}

@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-__all__ = ["TopicUnfit", "check_topic", "shape_shortfall", "unfit_reasons"]
+__all__ = ["TopicUnfit", "batch_bytes", "check_topic", "shape_shortfall", "unfit_reasons"]
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +25,27 @@ class TopicUnfit(RuntimeError):
 
 
 async def check_topic(admin: AIOKafkaAdminClient, topic: str, partitions: int, replication_factor: int, *,
-                      found: bool) -> None:
-    """Raise TopicUnfit naming what is wrong with `topic`'s settings, if anything is; warn when one
-    `found` (not made now) has fewer partitions or replicas than keytrail would have made it with."""
+                      found: bool) -> dict[str, str]:
+    """`topic`'s settings as the broker tells them. Raise TopicUnfit naming what is wrong with them,
+    if anything is; warn when one `found` (not made now) has fewer partitions or replicas than
+    keytrail would have made it with."""
     replicas = await _replica_counts(admin, topic)
-    reasons = unfit_reasons(topic, await _configs(admin, topic), replicas)
+    configs = await _configs(admin, topic)
+    reasons = unfit_reasons(topic, configs, replicas)
     if reasons:
         raise TopicUnfit("; ".join(reasons))
     if found and (shortfall := shape_shortfall(topic, partitions, replication_factor, replicas)):
         log.warning("%s", shortfall)
+    return configs
+
+
+def batch_bytes(configs: Mapping[str, str], most: int) -> int:
+    """The largest record batch to send to a topic of these settings, `most` at the largest. Kafka
+    holds max.message.bytes against a whole record batch, not a record: batches of records that
+    each fit, larger than the topic takes, were refused at every retry, shipping stuck for good
+    (and the error named a record of a few KB as too large)."""
+    setting = configs.get("max.message.bytes", "").strip()
+    return min(most, int(setting)) if setting.isdigit() and int(setting) > 0 else most
 
 
 def shape_shortfall(topic: str, partitions: int, replication_factor: int, replicas: Sequence[int]) -> str | None:
