@@ -69,6 +69,20 @@ METHOD = """\
 - **Profile**: `bench/profile_encrypt.py` drives the node's ASGI app in-process with pre-signed
   Encrypt requests, times them, then profiles them with pyinstrument (async mode) and attributes
   inclusive time to stages.
+- **Instructions**: `bench/instructions.py` runs `keytrail serve` (as it starts by default, or
+  with serve options after `--`) under valgrind's callgrind, replays pre-signed Encrypt requests
+  over 16 keep-alive connections (`--connections`), and divides the serving process's instruction
+  count over `--calls` of them (its counters zeroed after the warm-up by `callgrind_control`) by the
+  calls; the children (fsync helper, shipper, consumer, detector) run natively, uncounted. Unlike
+  CPU seconds on this shared VM, the count repeats whatever else runs: 806,015 and 804,296 per
+  Encrypt in two runs beside other sessions' test suites (0.2 % apart; with one connection, where
+  each record has a group commit of its own, 864,126 and 870,713: 0.8 %).
+  `--src A --src B` counts two source trees in turn (a lever's before and after); `--keep DIR` keeps
+  the dumps for `callgrind_annotate --inclusive=yes` (its exclusive view is garbled by the
+  interpreter's recursion). Kernel time is not counted, and C code that picks its path by the CPU's
+  features takes the one valgrind's CPU offers: OpenSSL's SHA-256 runs without the host's SHA-NI
+  (34,939 instructions for 1 KiB), 6 % of the count per Encrypt and far less on the real CPU. So
+  judge the interpreted work by it, not the crypto.
 - **Pipeline**: `bench/pipeline_throughput.py`, `bench/pipeline_sources.py` (the consumer and the
   detector reading the same 50,000 events from the embedded log and from the Kafka topic, one
   CPU each, with the run's broker), `bench/detect_throughput.py` and `bench/detect_latency.py` are
