@@ -43,6 +43,7 @@ from keytrail.cli.console import (
     named_path,
     no_core_dumps,
     number_in_range,
+    os_problem,
     path_option,
     printable,
     terminate_as_interrupt,
@@ -184,7 +185,7 @@ def detect(
     except StdoutFailed as failed:
         raise failed.error from None
     except (BadInput, RuleError, ValueError, OSError) as exc:
-        typer.echo(f"keytrail detect: {printable(str(exc))}", err=True)  # it may quote an input file's text
+        typer.echo(f"keytrail detect: {printable(_said(exc))}", err=True)  # it may quote an input file's text
         raise typer.Exit(2) from None
 
 
@@ -409,7 +410,7 @@ def analyze(
     except StdoutFailed as failed:
         raise failed.error from None
     except (BadInput, RuleError, ValueError, KeyError, OSError, SealError, StoreUnavailable) as exc:
-        typer.echo(f"keytrail analyze: {printable(str(exc))}", err=True)  # it may quote an input file's text
+        typer.echo(f"keytrail analyze: {printable(_said(exc))}", err=True)  # it may quote an input file's text
         raise typer.Exit(2) from None
 
 
@@ -604,6 +605,12 @@ def _time(text: str) -> datetime:
         return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     except OverflowError:
         raise BadInput(f"--as-of {text!r} is out of range in UTC") from None
+
+
+def _said(error: Exception) -> str:
+    """An error as the commands' one line says it: an OSError in the system's words and the file it
+    names ("Permission denied: /srv/node/keys.db"), not Python's "[Errno 13] …: '/srv/node/keys.db'"."""
+    return os_problem(error) if isinstance(error, OSError) else str(error)
 
 
 class StdoutFailed(Exception):
