@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from keytrail.pipeline.consumer import ConsumerSettings, MetricsConsumer
     from keytrail.pipeline.query import MetricsStore
     from keytrail.pipeline.runner import RunStats
+    from keytrail.reports.progress import Progress
 
 __all__ = ["register"]
 
@@ -428,7 +429,7 @@ async def _consume(
     # serve's start check: a refusal told in seconds, not after the client's 40 s request timeout
     if settings.kafka_bootstrap and (refused := await access_refused(settings.kafka_bootstrap)):
         raise refused
-    source = _offline_source(cloudtrail, settings, problems) if cloudtrail else None
+    source, bar = _offline_source(cloudtrail, settings, problems) if cloudtrail else (None, None)
     consumer = MetricsConsumer(settings, source)
 
     def stop() -> None:  # the files source is the CLI's, not the consumer's: it has a stop of its own
@@ -439,8 +440,12 @@ async def _consume(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop)
-    async with _serving_metrics(metrics, consumer):
-        return await consumer.run()
+    try:
+        async with _serving_metrics(metrics, consumer):
+            return await consumer.run()
+    finally:
+        if bar is not None:  # stopped midway (Ctrl-C): the summary was glued to the bar ("20/200 filesconsumed …")
+            bar.close()
 
 
 def _serving_metrics(sock: socket.socket | None, consumer: MetricsConsumer) -> AbstractAsyncContextManager[None]:
@@ -459,7 +464,8 @@ def _serving_metrics(sock: socket.socket | None, consumer: MetricsConsumer) -> A
                             + render_readers_held({"consumer": consumer.held_at}))
 
 
-def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: Problems) -> Any:
+def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: Problems) -> tuple[Any, Progress]:
+    """The records of the CloudTrail files, and the progress bar they draw, which the run ends."""
     from keytrail.pipeline.query import state_dir
     from keytrail.pipeline.sources import CloudTrailFilesSource
     from keytrail.reports.progress import Progress
@@ -480,7 +486,7 @@ def _offline_source(paths: list[Path], settings: ConsumerSettings, problems: Pro
             bar.close()
 
     return CloudTrailFilesSource(files, state_dir(settings.data_dir), max_records=settings.max_records,
-                                 on_problem=problem, progress=advance)
+                                 on_problem=problem, progress=advance), bar
 
 
 # --- output ------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,8 @@ import pytest
 from tests.support.audit_records import ACCOUNT, KEY_ARN
 
 
-def _write_trail(folder: Path, files: int) -> None:
-    """`files` CloudTrail log files of one Decrypt each, the second of them damaged inside."""
+def _write_trail(folder: Path, files: int, records: int = 1) -> None:
+    """`files` CloudTrail log files of `records` Decrypts each (2,000 for 0), the second damaged inside."""
     folder.mkdir()
     for number in range(files):
         record = {"eventVersion": "1.11", "eventSource": "kms.amazonaws.com", "eventName": "Decrypt",
@@ -27,7 +28,8 @@ def _write_trail(folder: Path, files: int) -> None:
                   "userIdentity": {"type": "IAMUser", "arn": f"arn:aws:iam::{ACCOUNT}:user/alice",
                                    "accountId": ACCOUNT},
                   "resources": [{"ARN": KEY_ARN}]}
-        text = "no json" if number == 1 else json.dumps({"Records": [record]})
+        many = [{**record, "eventID": f"e-{number}-{copy}"} for copy in range(records or 2000)]
+        text = "no json" if number == 1 else json.dumps({"Records": many})
         (folder / f"{ACCOUNT}_CloudTrail_us-east-1_{number:04d}.json.gz").write_bytes(gzip.compress(text.encode()))
 
 
@@ -78,3 +80,32 @@ def test_a_problem_met_while_the_progress_bar_is_drawn_is_a_line_of_its_own(tmp_
     assert skipped.startswith("skipped: trail/"), screen  # was "[#####...] 1/12 filesskipped: trail/…"
     assert "files" not in skipped, screen
     assert any(line.startswith("[##############################] 12/12 files") for line in screen), screen
+
+
+def test_consume_stopped_by_ctrl_c_says_what_it_counted_on_a_line_of_its_own(tmp_path: Path) -> None:
+    """Its summary was glued to the bar it left behind: "[###....] 20/200 filesconsumed 40000 records: …"."""
+    _write_trail(tmp_path / "trail", 2, records=0)
+    for number in range(2, 400):  # enough files that the run is still reading them when it is stopped
+        (tmp_path / "trail" / f"{ACCOUNT}_CloudTrail_us-east-1_{number:04d}.json.gz").write_bytes(
+            (tmp_path / "trail" / f"{ACCOUNT}_CloudTrail_us-east-1_0000.json.gz").read_bytes())
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "keytrail", "consume", "--data-dir", "node", "--cloudtrail",
+                                    "trail"], cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=terminal)
+    finally:
+        os.close(terminal)
+    written = bytearray()
+    try:
+        while b" files" not in written and (chunk := _read(controller)):  # the bar is drawn: stop the run
+            written += chunk
+        process.send_signal(signal.SIGINT)
+        while chunk := _read(controller):
+            written += chunk
+    finally:
+        os.close(controller)
+    assert process.wait(timeout=120) == 1  # stopped (what was counted is kept), with the damaged file's problem
+    screen = _screen(written.decode().replace("\r\n", "\n"))
+    [summary] = [line for line in screen if "consumed " in line]
+    assert summary.startswith("consumed "), screen
+    assert "/400 files" not in summary, screen
