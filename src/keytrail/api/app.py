@@ -31,6 +31,7 @@ from keytrail.api.sigv4 import (
 from keytrail.api.source_ip import caller_address, is_loopback
 from keytrail.clock import ManualClock, utc_now
 from keytrail.kms import errors
+from keytrail.kms.call_values import call_value
 from keytrail.kms.context import CallContext, Principal
 from keytrail.kms.partitions import partition_of
 from keytrail.kms.service import KmsService
@@ -95,7 +96,7 @@ class _LargeBodies:
         self.held -= size
 
 
-@dataclass(frozen=True, slots=True)
+@call_value
 class _Signer:
     """Who signed a request, as its headers say, checked before its body is read; `amz_date`: its
     time stamp, None for an access key whose signatures are not checked (--dev-credentials);

@@ -13,13 +13,13 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import quote, unquote_to_bytes
 
 from keytrail.keyed_hash import KeyedSha256
+from keytrail.kms.call_values import call_value
 from keytrail.kms.errors import KmsError
 
 __all__ = [
@@ -61,7 +61,7 @@ class MissingAuthenticationTokenException(KmsError):
     status = 403
 
 
-@dataclass(frozen=True, slots=True)
+@call_value
 class SignedRequest:
     """The parts of an Authorization header."""
 

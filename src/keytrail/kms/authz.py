@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from keytrail.kms.call_values import call_value
 from keytrail.kms.condition_cost import MAX_COMPARISONS
 from keytrail.kms.context import CallContext
 from keytrail.kms.grants import retire_allowed
@@ -26,7 +27,7 @@ class Verdict(Enum):
     IMPLICIT_DENY = "implicit-deny"
 
 
-@dataclass(frozen=True, slots=True)
+@call_value
 class AccessRequest:
     """One question: may this caller perform `action` (e.g. `kms:Decrypt`) on `key`?
 

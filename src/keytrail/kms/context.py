@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from keytrail.kms.call_values import call_value
 from keytrail.kms.partitions import DEFAULT_PARTITION, arn_partition, with_partition
 
 __all__ = ["ACCOUNT_ID", "ORGANIZATION_ID", "CallContext", "IdentityType", "Principal"]
@@ -79,7 +80,7 @@ class Principal:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@call_value
 class CallContext:
     """Everything about one API call that is not a request parameter."""
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from keytrail.kms.call_values import call_value
 from keytrail.kms.context import CallContext
 
 __all__ = [
@@ -87,7 +88,7 @@ class KeySpec(StrEnum):
     SM2 = "SM2"
 
 
-@dataclass(frozen=True, slots=True)
+@call_value
 class CallRecord:
     """What happened in one KMS call or one service-initiated action, as the audit trail needs it.
 
