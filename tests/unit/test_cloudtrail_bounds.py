@@ -104,3 +104,28 @@ def test_a_small_gzip_file_of_one_huge_value_stops_at_32_mib(tmp_path: Path) -> 
     assert list(iter_cloudtrail_records([bomb], report=report)) == []
     assert report.problems == [f"{bomb}: line 1: a JSON value larger than 32 MiB once decompressed: no CloudTrail log "
                                "file holds one"]
+
+
+def large_records_file(path: Path, count: int, padding: int) -> Path:
+    record = _kms_record()
+    path.write_text('{"Records": [' + ", ".join(
+        json.dumps({**record, "eventID": f"{path.stem}-{index}", "requestParameters": {"padding": "p" * padding}})
+        for index in range(count)) + "]}")
+    return path
+
+
+def test_a_file_of_large_records_is_parsed_a_few_mb_at_a_time(tmp_path: Path) -> None:
+    # 512 records were parsed before the first was handed on, whatever their size: 200 of 200 KB
+    # (requestParameters of that size) were all 40 MB held at once, 512 of them 100 MB.
+    path = large_records_file(tmp_path / "large.json", 200, 200_000)
+    report = ReadReport()
+    tracemalloc.start()
+    try:
+        read = sum(1 for _ in iter_cloudtrail_records([path], report=report))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (read, report.records) == (200, 200)
+    # a parse of 4 MiB of text (_PARSED_TEXT), the 1 MiB pieces it is read in, and their copies
+    assert peak < 24 << 20, peak
+

@@ -28,6 +28,7 @@ from keytrail.transport.cloudtrail_logs import (
     iter_log_files,
 )
 from keytrail.transport.segment_log import SegmentLog
+from keytrail.transport.sized_batches import sized_batches
 
 __all__ = ["EventLogUnreadable", "ExportWouldDropRecords", "ImportReport", "ReadReport", "decoded_in_order",
            "export_cloudtrail", "import_cloudtrail", "iter_cloudtrail_records", "iter_events", "stored_event_ids"]
@@ -89,18 +90,22 @@ async def import_cloudtrail(data_dir: Path, paths: Iterable[Path | str],
     async with trail:
         # Read once the writer lock is held: nobody else appends while the import runs.
         seen = stored_event_ids(trail.log.directory)
-        chunk: list[tuple[str, dict[str, Any]]] = []
-        for located in _importable(paths, report, stop_requested):
-            if not _first_of_its_id(located[1], seen):
-                report.records -= 1
-                report.duplicates += 1
-                continue
-            chunk.append(located)
-            if len(chunk) >= _IMPORT_CHUNK:
-                await _append_chunk(trail, chunk, report, seen)
-                chunk = []
-        await _append_chunk(trail, chunk, report, seen)
+        new = _new_records(_importable(paths, report, stop_requested), report, seen)
+        for chunk in sized_batches(new, lambda: report.text, max_items=_IMPORT_CHUNK, max_text=_IMPORT_TEXT):
+            await _append_chunk(trail, chunk, report, seen)
     return report
+
+
+def _new_records(located: Iterable[tuple[str, dict[str, Any]]], report: ImportReport,
+                 seen: set[bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The records of `located` whose eventID is not in `seen` (the log's, and those given before);
+    the others counted as duplicates, not as records read."""
+    for record in located:
+        if _first_of_its_id(record[1], seen):
+            yield record
+        else:
+            report.records -= 1
+            report.duplicates += 1
 
 
 def stored_event_ids(log_dir: Path) -> set[bytes]:
@@ -164,6 +169,9 @@ def _importable(paths: Iterable[Path | str], report: ImportReport,
 
 
 _IMPORT_CHUNK = 2_000
+#: Or fewer, once they were read from this much text (`sized_batches`): storing a chunk holds each
+#: record several times over (its Avro, its chain entry), and 2,000 of 200 KB took 1.1 GB.
+_IMPORT_TEXT = 8 << 20
 
 
 async def _append_chunk(trail: AuditTrail, events: list[tuple[str, dict[str, Any]]], report: ReadReport,

@@ -237,7 +237,7 @@ def _files_source(paths: list[Path], bar: Progress, read: ReadReport) -> Source:
             yield from iter_cloudtrail_records([path], report=read)
             bar.update(done, len(files))
 
-    return RecordsSource(records(), partition=CLOUDTRAIL_PARTITION)
+    return RecordsSource(records(), partition=CLOUDTRAIL_PARTITION, text_read=lambda: read.text)
 
 
 def _name_problem(text: str) -> None:

@@ -91,20 +91,20 @@ def read_cloudtrail_events(paths: Iterable[Path], *, up_to: datetime | None = No
     CloudTrail log raises LogFileProblem (a ValueError) naming it, for detection over part of the
     input would misjudge the rest. Every file is read on entry, `run_events` events held at a
     time (`detect.time_order`); the events are given once, while inside."""
-    read = CloudTrailRead()
-    events = _dated_up_to(_file_events(paths, read), up_to, read)
+    read, report = CloudTrailRead(), ReadReport()
+    events = _dated_up_to(_file_events(paths, read, report), up_to, read)
     # Stable, by time alone: events of one second (CloudTrail's resolution) keep the files' order,
     # which for keytrail's own export is the log's, the order the live detector judged them in.
     # The collector paused: every file's dicts are acyclic (~2x on a 50k-record file).
-    with collector_paused(), time_ordered(events, run_events=run_events) as ordered:
+    with collector_paused(), time_ordered(events, run_events=run_events, text_read=lambda: report.text) as ordered:
         yield ordered, read
 
 
-def _file_events(paths: Iterable[Path], read: CloudTrailRead) -> Iterator[KmsEvent]:
-    """The KMS events of the files, in the files' order; each record let go of once its event is read."""
-    report = ReadReport()
+def _file_events(paths: Iterable[Path], read: CloudTrailRead, report: ReadReport) -> Iterator[KmsEvent]:
+    """The KMS events of the files, in the files' order, their records' text counted in `report`;
+    each record let go of once its event is read."""
     for path in iter_log_files(paths, _unlisted):
-        for _, record in readable_records(path, LogFile(path).records(), report, read.problems.append):
+        for _, record in readable_records(LogFile(path), report, read.problems.append):
             read.events += 1
             yield read_event(record)
 

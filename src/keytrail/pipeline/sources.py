@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -14,13 +14,20 @@ from keytrail.pipeline.layout import CLOUDTRAIL_PARTITION
 from keytrail.pipeline.runner import Batch, state_file
 from keytrail.pipeline.state import PartitionState
 from keytrail.transport.cloudtrail_logs import STDIN, ReadReport, iter_cloudtrail_records
+from keytrail.transport.sized_batches import sized_batches
 
-__all__ = ["CloudTrailFilesSource", "RecordsSource"]
+__all__ = ["BATCH_TEXT", "CloudTrailFilesSource", "RecordsSource"]
+
+#: The most text the records of one batch read from CloudTrail files were read from, besides their
+#: count (`max_records`): 10,000 records of AWS's usual ~1 KB are 11 MB of it, 10,000 of 200 KB
+#: (requestParameters CloudTrail keeps up to 100 KB of, responseElements alike) were 2 GB.
+BATCH_TEXT = 16 << 20
 
 
 class RecordsSource:
     """Batches of a replayable sequence of CloudTrail record dicts (a report's files, tests):
-    offsets are record positions, and a restart skips what the state covers."""
+    offsets are record positions, and a restart skips what the state covers. Records read from
+    files are batched by the text they were read from too (`text_read`: their ReadReport's text)."""
 
     def __init__(
         self,
@@ -29,18 +36,20 @@ class RecordsSource:
         partition: str = "records",
         max_records: int = 10_000,
         progress: Callable[[int], None] | None = None,
+        text_read: Callable[[], int] = lambda: 0,
     ) -> None:
         self.records = records
         self.partition = partition
         self.max_records = max_records
         self.progress = progress
+        self.text_read = text_read
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         iterator = iter(self.records)
         offset = 0
         for _ in islice(iterator, start_at(self.partition)):  # already covered by the state
             offset += 1
-        while chunk := list(islice(iterator, self.max_records)):
+        for chunk in sized_batches(iterator, self.text_read, max_items=self.max_records, max_text=BATCH_TEXT):
             yield Batch(self.partition, range(offset, offset + len(chunk)), records=chunk)
             offset += len(chunk)
             if self.progress is not None:
@@ -89,25 +98,30 @@ class CloudTrailFilesSource:
 
     async def batches(self, start_at: Callable[[str], int]) -> AsyncIterator[Batch]:
         offset = start_at(self.partition)  # the runner opens (creates) the state file
-        counted = self._state(PartitionState.counted_files)
-        chunk: list[Mapping[str, Any]] = []
+        read = ReadReport()  # the text of every file's records: each file's own report counts the rest
+        records = self._records(offset, self._state(PartitionState.counted_files), read)
+        # a batch at a time: a file may hold hundreds of MB of records
+        for chunk in sized_batches(records, lambda: read.text, max_items=self.max_records, max_text=BATCH_TEXT):
+            yield Batch(self.partition, range(offset, offset + len(chunk)), records=chunk)
+            offset += len(chunk)
+
+    def _records(self, offset: int, counted: Collection[str], read: ReadReport) -> Iterator[Mapping[str, Any]]:
+        """The records of the files not counted yet, from `offset` on, their text added to
+        `read.text`; the offset after each file's last record noted with its name (`commit`)."""
         for path in self.files:
             if self.stop.is_set():  # SIGTERM/SIGINT: a history of years would otherwise be read to its end
                 break
             name = _identity(path)
             if name is None or name not in counted:
-                report = ReadReport()
+                report, before = ReadReport(), read.text
                 for record in iter_cloudtrail_records([path], report=report, on_problem=self.on_problem):
-                    chunk.append(record)  # a batch at a time: a file may hold hundreds of MB of records
-                    if len(chunk) >= self.max_records:
-                        yield Batch(self.partition, range(offset, offset + len(chunk)), records=chunk)
-                        offset, chunk = offset + len(chunk), []
+                    read.text = before + report.text
+                    offset += 1
+                    yield record
                 if name is not None and report.files + report.digests:
-                    self._ends.append((offset + len(chunk), name))
+                    self._ends.append((offset, name))
             if self.progress is not None:
                 self.progress(1)
-        if chunk:
-            yield Batch(self.partition, range(offset, offset + len(chunk)), records=chunk)
 
     async def commit(self, batch: Batch) -> None:
         done = [name for end, name in self._ends if end <= batch.end]

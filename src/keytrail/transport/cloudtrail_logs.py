@@ -79,6 +79,9 @@ class ReadReport:
     skipped: int = 0
     digests: int = 0
     problems: Problems = field(default_factory=Problems)
+    # The text the records given were read from (each parsed batch's shared evenly among its
+    # records): what a caller holding records measures its batches by (`sized_batches`).
+    text: int = 0
 
 
 #: The path that names standard input (`aws logs filter-log-events … | keytrail report --cloudtrail
@@ -204,13 +207,23 @@ class LogFile:
         self.path = path
         self.is_digest = False  # known once its records are read: a digest file holds none
         self.records_read = 0  # of its "Records" array, so far
+        # The text the last batch `batches` gave was parsed from (its records', and what lies
+        # between them): what a reader holding records measures them by.
+        self.batch_text = 0
         self._gzipped = False
 
     def records(self) -> Iterator[Any]:
-        """Its records, in order, each as it is parsed; LogFileProblem (the file, and the line)
-        for what cannot be read, after the records before it. A key owner's copy of a
-        cross-account call that keytrail exported is read as the caller's copy it was made from
-        (keytrail/shared_events.py): every reader counts the call once."""
+        """Its records, in order, each as it is parsed (`batches`, one by one)."""
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Its records, in order, a batch at a time as they are parsed (a few hundred, or a few MB
+        of text: _PARSED_TOGETHER, _PARSED_TEXT), the text of each in `batch_text` while it is the
+        last given; LogFileProblem (the file, and the line) for what cannot be read, after the
+        records before it. A key owner's copy of a cross-account call that keytrail exported is
+        read as the caller's copy it was made from (keytrail/shared_events.py): every reader
+        counts the call once."""
         stream = JsonStream(_stamps_blanked(self._text()), decoder=_DECODER, max_value=MAX_VALUE_CHARS)
         path = self.path
         try:
@@ -238,7 +251,7 @@ class LogFile:
             raise LogFileProblem(f"{path}: {_line_of(stream, 'number')}not valid JSON "
                                  "(an integer of more than 4,300 digits)") from None
 
-    def _documents(self, stream: JsonStream) -> Iterator[Any]:
+    def _documents(self, stream: JsonStream) -> Iterator[list[Any]]:
         """The records of each document of the text in turn: most files hold one; log files put
         one after another (`zcat`) hold several. Once one is a record (or an EventBridge event),
         the rest are records too, each read whole (`_sequence`)."""
@@ -249,14 +262,14 @@ class LogFile:
             if not stream.more():
                 return
 
-    def _document(self, stream: JsonStream) -> Generator[Any, None, bool]:
+    def _document(self, stream: JsonStream) -> Generator[list[Any], None, bool]:
         """The records of one document, as they come: the items of its "Records" array (or of
         lookup-events' "Events", of filter-log-events' "events"); the other members are read
         whole (a digest file's), or the document is a record itself, or an EventBridge event
         carrying one: returns True then. A member named twice is LogFileProblem: Python's json
         keeps the last and other tools the first, so either way records would be lost without
         a word."""
-        first_line = stream.line()
+        first_line, start = stream.line(), stream.offset()
         if not stream.begin_object():
             if stream.begin_array():  # `jq '.Records'`, `lookup-events --query 'Events[].CloudTrailEvent'`
                 yield from self._listed(stream, first_line)
@@ -272,11 +285,13 @@ class LogFile:
             return False
         if _is_record(others) or _is_bridge_event(others):
             self.records_read += 1
-            yield from _records_of(others)
+            self.batch_text = stream.offset() - start
+            yield _records_of(others)
             return True
         raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
 
-    def _members(self, stream: JsonStream, first_line: int) -> Generator[Any, None, tuple[dict[str, Any], bool]]:
+    def _members(self, stream: JsonStream,
+                 first_line: int) -> Generator[list[Any], None, tuple[dict[str, Any], bool]]:
         """The records of the members of the object `stream` entered that hold them, as they come;
         returns the other members (read whole, as one value: MAX_VALUE_CHARS of text in all) and
         whether any member held records."""
@@ -302,40 +317,39 @@ class LogFile:
             mark = stream.offset()
         return others, bool(streamed)
 
-    def _sequence(self, stream: JsonStream) -> Iterator[Any]:
+    def _sequence(self, stream: JsonStream) -> Iterator[list[Any]]:
         """The records of the values after a first record, each a record or an EventBridge event
         (JSON lines, Firehose's objects with nothing between them, an exported log group's
         lines), as they are parsed (`_batches`)."""
-        for batch in self._batches(stream.add_values):
-            for value in batch:
-                yield from _records_of(value)
+        for batch in self._batches(stream, stream.add_values):
+            yield [record for value in batch for record in _records_of(value)]
 
-    def _listed(self, stream: JsonStream, first_line: int) -> Iterator[Any]:
+    def _listed(self, stream: JsonStream, first_line: int) -> Iterator[list[Any]]:
         """The records of a document that is an array of them (bare, as EventBridge events, or as
         JSON strings), as they come. An array whose first item is none of them is LogFileProblem."""
         first = True
-        for batch in self._batches(stream.add_items):
+        for batch in self._batches(stream, stream.add_items):
             if first and batch:
                 first = False
                 head = _record_of_text(batch[0]) if isinstance(batch[0], str) else batch[0]
                 if not (isinstance(head, dict) and (_is_record(head) or _is_bridge_event(head))):
                     raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
-            for item in batch:
-                yield from _records_of(_record_of_text(item) if isinstance(item, str) else item)
+            yield [record for item in batch
+                   for record in _records_of(_record_of_text(item) if isinstance(item, str) else item)]
 
-    def _carried(self, stream: JsonStream, field: str, first_line: int) -> Iterator[Any]:
+    def _carried(self, stream: JsonStream, field: str, first_line: int) -> Iterator[list[Any]]:
         """The records the entries of the array `stream` entered carry as text in their `field`
         (lookup-events' CloudTrailEvent, filter-log-events' message), as they come. An array
         whose first entry has no such field is no such output: LogFileProblem, not records of
         other services skipped by the thousand."""
         first = True
-        for batch in self._batches(stream.add_items):
+        for batch in self._batches(stream, stream.add_items):
             if first and batch:
                 first = False
                 if not (isinstance(batch[0], dict) and field in batch[0]):
                     raise LogFileProblem(f"{self.path}: line {first_line}: {_NO_RECORDS}")
-            for entry in batch:  # an EventBridge rule's log group holds events carrying records
-                yield from _records_of(_carried_record(entry, field))
+            # an EventBridge rule's log group holds events carrying records
+            yield [record for entry in batch for record in _records_of(_carried_record(entry, field))]
 
     def _text(self) -> Iterator[str]:
         """Its text, a piece at a time: gunzipped when it starts as gzip does (twice when what that
@@ -377,25 +391,28 @@ class LogFile:
                 raise LogFileProblem(f"{self.path}: not a regular file")
             yield file
 
-    def _records(self, stream: JsonStream) -> Iterator[Any]:
+    def _records(self, stream: JsonStream) -> Iterator[list[Any]]:
         """The items of the "Records" array `stream` entered, as they are parsed (`_batches`)."""
-        for batch in self._batches(stream.add_items):
-            yield from (as_caller_copy(record) if isinstance(record, dict) else record for record in batch)
+        for batch in self._batches(stream, stream.add_items):
+            yield [as_caller_copy(record) if isinstance(record, dict) else record for record in batch]
 
-    def _batches(self, add: Callable[[list[Any], int], bool]) -> Iterator[list[Any]]:
+    def _batches(self, stream: JsonStream, add: Callable[[list[Any], int, int], bool]) -> Iterator[list[Any]]:
         """What `add` parses (the stream's `add_items` of the array it entered, or its `add_values`
-        of the values after a first record), at least _PARSED_TOGETHER at a time with the collector
-        paused (collector_paused); what stops the parse is raised after the values parsed before it."""
+        of the values after a first record), _PARSED_TOGETHER or _PARSED_TEXT at a time with the
+        collector paused (collector_paused), its text in `batch_text`; what stops the parse is
+        raised after the values parsed before it."""
         more = True
         while more:
             batch: list[Any] = []
             failure: Exception | None = None
+            start = stream.offset()
             with collector_paused():
                 try:
-                    more = add(batch, _PARSED_TOGETHER)
+                    more = add(batch, _PARSED_TOGETHER, _PARSED_TEXT)
                 except Exception as exc:
                     failure = exc
             self.records_read += len(batch)
+            self.batch_text = stream.offset() - start
             yield batch
             if failure is not None:
                 raise failure
@@ -608,6 +625,10 @@ def _pieces(reader: io.BufferedIOBase) -> Iterator[bytes]:
 #: the pause's cost per record vanish. A batch may hold more: every record whole in the text read
 #: so far (a _READ_CHUNK piece or two) is parsed at once (JsonStream.add_items).
 _PARSED_TOGETHER = 512
+#: Or fewer, once they span this much text: 512 records of 200 KB each were 100 MB of text parsed
+#: before the first was handed on (and a few times that in objects). Those of AWS's usual ~1 KB
+#: fill a batch by their count first.
+_PARSED_TEXT = 4 << 20
 
 
 def _carried_record(entry: Any, field: str) -> Any:
@@ -762,7 +783,7 @@ def iter_located_records(paths: Iterable[Path | str], *, report: ReadReport | No
     for path in iter_log_files(paths, problem):
         log_file = LogFile(path)
         try:
-            yield from readable_records(path, log_file.records(), report, problem)
+            yield from readable_records(log_file, report, problem)
         except LogFileProblem as exc:  # its records before the problem were read
             report.partly_read += 1 if log_file.records_read else 0
             problem(str(exc))
@@ -773,16 +794,16 @@ def iter_located_records(paths: Iterable[Path | str], *, report: ReadReport | No
             report.files += 1
 
 
-def readable_records(path: Path, records: Iterable[Any], report: ReadReport,
+def readable_records(log_file: LogFile, report: ReadReport,
                      problem: Callable[[str], None]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """The readable KMS records of one file's `records` (LogFile.records), normalized, with where
-    each is; other services' counted in `report.skipped`, the rest said to `problem`
-    (`<file>: record <index> (eventID <id>): <why>`)."""
+    """The readable KMS records of one file (LogFile.batches), normalized, with where each is;
+    other services' counted in `report.skipped`, the rest said to `problem` (`<file>: record
+    <index> (eventID <id>): <why>`); the text of those given added to `report.text`."""
     start = 0
-    for chunk in _chunks(iter(records)):
+    for chunk, text in _chunks(log_file):
         storable = storable_together(chunk)  # else record_problem tests each record on its own
         for index, record in enumerate(chunk, start):
-            where = f"{path}: record {index}"
+            where = f"{log_file.path}: record {index}"
             if not isinstance(record, dict):  # malformed, not another service's record
                 problem(f"{where}: not a JSON object")
             elif record.get("eventSource") != KMS_SOURCE:
@@ -791,26 +812,22 @@ def readable_records(path: Path, records: Iterable[Any], report: ReadReport,
                 problem(f"{where}{_id_of(record)}: {why}")
             else:
                 report.records += 1
+                report.text += text
                 yield where, record
         start += len(chunk)
 
 
-def _chunks(records: Iterator[Any]) -> Iterator[list[Any]]:
-    """`records` _CHECKED_TOGETHER at a time; what reading them raises is raised after the chunk
-    of those read before it (the records before a file's damaged part are read)."""
-    chunk: list[Any] = []
-    try:
-        for record in records:
-            chunk.append(record)
-            if len(chunk) == _CHECKED_TOGETHER:
-                yield chunk
-                chunk = []
-    except Exception:
-        if chunk:
-            yield chunk
-        raise
-    if chunk:
-        yield chunk
+def _chunks(log_file: LogFile) -> Iterator[tuple[list[Any], int]]:
+    """The records of `log_file`, each batch it parses cut _CHECKED_TOGETHER at a time, and the
+    text each of its records was read from (the batch's shared evenly); what reading them raises
+    is raised after the records read before it (the records before a file's damaged part are read)."""
+    for batch in log_file.batches():
+        text = log_file.batch_text // max(len(batch), 1)
+        if len(batch) <= _CHECKED_TOGETHER:  # not copied
+            yield batch, text
+            continue
+        for start in range(0, len(batch), _CHECKED_TOGETHER):
+            yield batch[start:start + _CHECKED_TOGETHER], text
 
 
 #: Records whose storability one orjson.dumps tests (storable_together): enough to make its cost

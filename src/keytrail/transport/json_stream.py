@@ -110,28 +110,31 @@ class JsonStream:
         self._items_seen = True
         return self.value()
 
-    def add_items(self, items: list[Any], up_to: int) -> bool:
-        """Add the next items of the array entered to `items` until it holds at least `up_to`; False
-        once the array has ended. Those the text read so far holds whole are parsed together, so
-        one call may add all of them, far more than `up_to` (what json's scanner cannot take
-        there is left to next_item, which says why or reads more). What stops the parse is raised
-        with the items before it added."""
-        while len(items) < up_to:
+    def add_items(self, items: list[Any], up_to: int, up_to_chars: int | None = None) -> bool:
+        """Add the next items of the array entered to `items` until it holds at least `up_to`, or
+        they span at least `up_to_chars` of text; False once the array has ended. Those the text
+        read so far holds whole are parsed together, so one call may add all of them, far more
+        than `up_to` (what json's scanner cannot take there is left to next_item, which says why
+        or reads more). What stops the parse is raised with the items before it added."""
+        done = _Spanned(self, up_to, up_to_chars)
+        while not done(items):
             if self._items_seen:
                 self._parse_held(items, up_to)
-                if len(items) >= up_to:
+                if done(items):
                     break
             if (item := self.next_item()) is END:
                 return False
             items.append(item)
         return True
 
-    def add_values(self, values: list[Any], up_to: int) -> bool:
+    def add_values(self, values: list[Any], up_to: int, up_to_chars: int | None = None) -> bool:
         """Add the next top-level values of a document that is a sequence of them (JSON lines, or
         objects one after another with nothing between, as Firehose writes them) to `values`,
-        until it holds `up_to`; False once the text has ended. Each is parsed whole (one value at
-        a time is held, as `value`); what stops the parse is raised with those before it added."""
-        while len(values) < up_to:
+        until it holds `up_to`, or they span `up_to_chars` of text; False once the text has ended.
+        Each is parsed whole (one value at a time is held, as `value`); what stops the parse is
+        raised with those before it added."""
+        done = _Spanned(self, up_to, up_to_chars)
+        while not done(values):
             if not self.more():
                 return False
             values.append(self.value())
@@ -274,6 +277,19 @@ class JsonStream:
     def _syntax(self, msg: str, pos: int | None = None) -> JsonSyntaxError:
         at = self._pos if pos is None else pos
         return JsonSyntaxError(msg, self._line(at), self._column(at))
+
+
+class _Spanned:
+    """Whether the values added to a list since it was made (`add_items`, `add_values`) are enough:
+    `up_to` of them, or values spanning `up_to_chars` of the document (a count alone let a caller
+    hold 512 records of 200 KB, 100 MB of text parsed, where it meant to hold a few MB)."""
+
+    def __init__(self, stream: JsonStream, up_to: int, up_to_chars: int | None) -> None:
+        self._stream, self._up_to = stream, up_to
+        self._end = None if up_to_chars is None else stream.offset() + up_to_chars
+
+    def __call__(self, values: list[Any]) -> bool:
+        return len(values) >= self._up_to or (self._end is not None and self._stream.offset() >= self._end)
 
 
 def _last_boundary(text: str, start: int) -> int:
