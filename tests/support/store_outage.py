@@ -33,6 +33,16 @@ def recorded(data_dir: Path, failures: list[Failure]) -> None:
         (request, code) for code, _, request in failures)
 
 
+def failed_retryably(data_dir: Path, failures: list[Failure], log: str, marker: str) -> str:
+    """The one log line holding `marker` (once, not a line a call) of an outage whose `failures`
+    each got the retryable error and are each in the trail once, with no traceback in `log`."""
+    assert {failure[:2] for failure in failures} == {("KMSInternalException", RETRYABLE)}, failures
+    recorded(data_dir, failures)
+    assert "Traceback" not in log, log[-3000:]
+    [line] = [line for line in log.splitlines() if marker in line]
+    return line
+
+
 def eventually(call: Callable[[], Any]) -> Any:
     """`call`'s answer once it succeeds: the first calls after the database is back may still meet
     a session it ended (a retryable KMSInternalException)."""
