@@ -199,6 +199,15 @@ def test_an_identity_with_two_access_keys_has_one_set_of_policies(tmp_path: Path
         _load(tmp_path, sessions + 'session_name = "b"\n')
 
 
+def _two_entries(first: str, second: str, first_policies: str = "") -> str:
+    """Alice's entry written as ARN `first` (with `first_policies`), then again as `second` with
+    her second access key; a role's entries each name a session."""
+    session = 'session_name = "s1"\n' if ":role/" in first else ""
+    written_as = ALICE.replace("arn:aws:iam::111122223333:user/alice", first) + session + first_policies
+    also_as = ALICE.replace("arn:aws:iam::111122223333:user/alice", second).replace("000000000001", "000000000002")
+    return written_as + also_as + session
+
+
 # One identity written two ways: the partition (the Region called sets the caller's), a path, or
 # the case of the name (IAM tells users and roles apart by name alone, whatever the case or path).
 @pytest.mark.parametrize(("first", "second"), [
@@ -211,11 +220,8 @@ def test_an_identity_with_two_access_keys_has_one_set_of_policies(tmp_path: Path
 ])
 def test_one_identity_written_two_ways_has_one_set_of_policies(tmp_path: Path, first: str, second: str) -> None:
     # Each spelling was an identity of its own: one caller, with the permissions of the key it signed with.
-    session = 'session_name = "s1"\n' if ":role/" in first else ""
-    written_as = ALICE.replace("arn:aws:iam::111122223333:user/alice", first) + session
-    also_as = ALICE.replace("arn:aws:iam::111122223333:user/alice", second).replace("000000000001", "000000000002")
     with pytest.raises(PrincipalsFileError) as info:
-        _load(tmp_path, written_as + f"policies = ['''{ALLOW}''']\n" + also_as + session)
+        _load(tmp_path, _two_entries(first, second, first_policies=f"policies = ['''{ALLOW}''']\n"))
     assert str(info.value) == (f"{tmp_path / 'principals.toml'}: principal #2: {second} has other policies in "
                                "principal #1; an identity's policies are the same whichever access key signs")
 
@@ -228,11 +234,8 @@ def test_one_identity_written_two_ways_has_one_set_of_policies(tmp_path: Path, f
 def test_one_identity_written_with_two_paths_or_cases_is_refused(tmp_path: Path, first: str, second: str) -> None:
     # With the same policies both loaded, each entry's caller acting as its own spelling: a key
     # policy's Deny naming one spelling missed the calls signed with the other key.
-    session = 'session_name = "s1"\n' if ":role/" in first else ""
-    written_as = ALICE.replace("arn:aws:iam::111122223333:user/alice", first) + session
-    also_as = ALICE.replace("arn:aws:iam::111122223333:user/alice", second).replace("000000000001", "000000000002")
     with pytest.raises(PrincipalsFileError) as info:
-        _load(tmp_path, written_as + also_as + session)
+        _load(tmp_path, _two_entries(first, second))
     assert str(info.value) == (f"{tmp_path / 'principals.toml'}: principal #2: {second} is {first} of principal #1 "
                                "with another path or case; an identity's ARN is the same whichever access key signs")
 
