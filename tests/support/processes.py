@@ -1,9 +1,12 @@
 """The child processes of a process, read from /proc (serve's sidecars and fsync helper), how
-to start one that Ctrl-C reaches, and how the kernel schedules them."""
+to start one that Ctrl-C reaches or whose output nobody reads, and how the kernel schedules them."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -11,6 +14,17 @@ def interruptible() -> None:
     """`preexec_fn` for a child a test sends SIGINT: a test run started in the background (`cmd &`
     in a script) ignores SIGINT, and a child would inherit that, so Ctrl-C would never reach it."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def keytrail_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """keytrail with its stdout a pipe nobody reads any more (`keytrail … | head -1` once head is gone)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "keytrail", *args], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
 
 
 def child_commands(pid: int) -> dict[int, list[bytes]]:

@@ -162,7 +162,9 @@ def _write_standard_output(data: ReportData, form: ReportFormat, table: str | No
             with made.open("rb") as report:
                 shutil.copyfileobj(report, sys.stdout.buffer)
             sys.stdout.buffer.flush()
-        except OSError as error:  # the reader gone (`| head -1`), a full disk
+        except BrokenPipeError:  # the reader gone (`| head -1`): quietly, exit 1, as click ends it
+            raise
+        except OSError as error:  # a full disk
             raise report_fail(f"--out: cannot write standard output: {error.strerror or error}", code=1) from None
     return Path("-")
 

@@ -23,7 +23,7 @@ import pytest
 from keytrail.audit.schema import avro_long, decode
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
 from tests.support.audit_records import ACCOUNT, KEY_ARN, fill_trail, rewrite_segment
-from tests.support.processes import interruptible
+from tests.support.processes import interruptible, keytrail_into_a_closed_pipe
 
 
 def _keytrail(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -129,6 +129,15 @@ def test_report_out_dash_writes_standard_output(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("table,") and KEY_ARN in result.stdout
     assert result.stderr.startswith("wrote standard output (csv: 3 events") and not (tmp_path / "-").exists()
+
+
+def test_report_out_dash_whose_reader_is_gone_ends_quietly_with_exit_1(tmp_path: Path) -> None:
+    # `report --out - | head -1`: it said "cannot write standard output: Broken pipe", where
+    # detect, analyze and `audit events` end quietly with exit 1, as click ends a closed pipe.
+    fill_trail(tmp_path / "node", 3)
+    result = keytrail_into_a_closed_pipe("report", "--data-dir", str(tmp_path / "node"), "--out", "-",
+                                         "--format", "csv", "--table", "usage")
+    assert (result.returncode, result.stderr) == (1, "")
 
 
 def test_report_out_dash_appends_to_a_file_standard_output_was_redirected_to(tmp_path: Path) -> None:

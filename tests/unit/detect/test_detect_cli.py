@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from tests.support.processes import keytrail_into_a_closed_pipe
 from tests.support.waits import eventually_blocking
 from tests.unit.detect.records import ACCOUNT, T0, create_key, denied, event, key_arn, policy_doc, user
 from typer.testing import CliRunner
@@ -385,17 +386,6 @@ def test_offline_detect_and_analyze_read_a_settings_file_whose_webhook_secret_is
     assert live.exit_code == 2 and "secret_env names $KEYTRAIL_TEST_HOOK_SECRET" in live.output
 
 
-def _keytrail_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
-    """keytrail with its stdout a pipe nobody reads any more (`keytrail … | head -1` once head is gone)."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        return subprocess.run([sys.executable, "-m", "keytrail", *args], stdout=write_end, stderr=subprocess.PIPE,
-                              text=True, timeout=60, check=False)
-    finally:
-        os.close(write_end)
-
-
 @pytest.mark.parametrize("command", ["detect", "analyze"])
 def test_output_whose_reader_is_gone_ends_quietly_with_exit_1(command: str, tmp_path: Path) -> None:
     """As every other command ends: the closed pipe was said as a bad input, `[Errno 32] Broken pipe`
@@ -408,7 +398,7 @@ def test_output_whose_reader_is_gone_ends_quietly_with_exit_1(command: str, tmp_
         inventory.write_text(json.dumps([{"KeyArn": key_arn(1), "Policy": policy_doc(
             {"Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*"}), "Grants": []}]))
         args = ["analyze", "--inventory", str(inventory), "--format", "json"]
-    result = _keytrail_into_a_closed_pipe(*args)
+    result = keytrail_into_a_closed_pipe(*args)
     assert (result.returncode, result.stderr) == (1, "")
 
 
