@@ -89,6 +89,13 @@ def test_serve_ships_over_tls_and_detect_and_consume_read_it_back_and_detect_pub
         consumed = subprocess.run([sys.executable, "-m", "keytrail", "consume", "--kafka", broker.bootstrap,
                                    "--data-dir", str(tmp_path / "metrics"), "--exit-when-idle", "3"],
                                   capture_output=True, text=True, timeout=120)
+        # The broker gone without a word, as a host down leaves it: detect's TLS connections closed
+        # waiting for its close_notify, asyncio's 30 s, at each of its two clients (past Docker's 10 s
+        # stop grace); the wait's bound is the hang guard, the stop takes a few seconds.
+        broker.go_silent()
+        [detect] = detect_proc
+        detect.terminate()
+        assert detect.wait(20) == 0
     assert consumed.returncode == 0, consumed.stderr
     assert "consumed 3 records: 3 counted" in consumed.stderr, consumed.stderr  # CreateKey, Encrypt, Decrypt
     assert "Traceback" not in server.log.read_text()

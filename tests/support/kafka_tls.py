@@ -12,7 +12,7 @@ import datetime
 import ipaddress
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +75,7 @@ def _write_cert(path: Path, cert: x509.Certificate) -> Path:
 class TlsBroker:
     bootstrap: str  # the TLS listener's address
     plain_bootstrap: str  # the broker's own plain-TCP listener (which advertises the TLS one)
+    go_silent: Callable[[], None]  # the TLS listener reads nothing more on the connections it holds
 
 
 class _TlsRelay:
@@ -86,6 +87,7 @@ class _TlsRelay:
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._stopping: asyncio.Event | None = None
+        self._streams: list[asyncio.StreamWriter] = []  # both ends of each connection relayed
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
 
     def __enter__(self) -> _TlsRelay:
@@ -97,6 +99,17 @@ class _TlsRelay:
         if self._stopping is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join(10)
+
+    def go_silent(self) -> None:
+        """Read nothing more on the connections open, at either end: as a broker host that went
+        down without a word (a power cut, a partition) leaves its clients' connections, open and
+        never answered, not even the TLS close_notify a closing client waits for."""
+        asyncio.run_coroutine_threadsafe(self._pause_reading(), self._loop).result(10)
+
+    async def _pause_reading(self) -> None:
+        for stream in self._streams:
+            if not stream.is_closing():  # a connection its client closed before
+                stream.transport.pause_reading()
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
@@ -115,6 +128,7 @@ class _TlsRelay:
         except OSError:
             client_writer.close()
             return
+        self._streams += (client_writer, writer)
         await asyncio.gather(_pump(client_reader, writer), _pump(reader, client_writer))
 
 
@@ -139,4 +153,4 @@ def tls_kafka_broker(authority: Authority, *, client_certificates: bool = False)
     port = free_port()
     relay = _TlsRelay(port, context)
     with kafka_broker(port, advertised_port=relay.port) as plain, relay:
-        yield TlsBroker(f"127.0.0.1:{relay.port}", plain)
+        yield TlsBroker(f"127.0.0.1:{relay.port}", plain, relay.go_silent)
