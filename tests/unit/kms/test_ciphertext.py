@@ -205,3 +205,68 @@ KNOWN_V2_BLOB_HEX = (
     "000000000000000000000000"
     "cca5229cd1f0846ac1bdf534e8f9eb080bd2e6949c639ae5074c5c5f"
 )
+
+
+def _format_1_blob(secret: bytes, plaintext: bytes) -> bytes:
+    """A format-1 blob as earlier releases sealed it: GCM under the version's secret itself."""
+    header = ciphertext.blob_header("111122223333", "1234abcd-12ab-34cd-56ef-1234567890ab", MATERIAL, FORMAT_V1)
+    nonce = os.urandom(12)
+    return header + nonce + AESGCM(secret).encrypt(nonce, plaintext, header)
+
+
+@pytest.mark.parametrize("blob", [KNOWN_V1_BLOB, bytes.fromhex(KNOWN_V3_BLOB_HEX)], ids=["format 1", "format 3"])
+def test_a_blob_cut_anywhere_is_refused_as_its_header_is_read(blob: bytes) -> None:
+    # Cut in its header, its nonce (AES-GCM would raise ValueError, not InvalidTag, for one under
+    # 8 bytes) or short of a whole tag: such a blob reaches neither the key look-up nor the cipher.
+    for length in range(len(blob) - len(b"known answer")):
+        with pytest.raises(InvalidCiphertextException):
+            read_header(blob[:length])
+
+
+def test_a_format_2_blob_cut_anywhere_does_not_open() -> None:
+    # Some cuts parse (as format 2 as first written, which had no nonce), none authenticates.
+    blob = _seal(b"a data key of 32 bytes, or so...")
+    for length in range(len(blob)):
+        with pytest.raises(InvalidCiphertextException):
+            open_blob(SECRET, read_header(blob[:length]), None)
+
+
+@pytest.mark.parametrize("format_byte", [0x00, 0x04, 0x80, 0xFF])
+def test_a_blob_of_an_unknown_format_is_invalid_ciphertext(format_byte: int) -> None:
+    with pytest.raises(InvalidCiphertextException):
+        read_header(bytes([format_byte]) + _seal()[1:])
+
+
+@pytest.mark.parametrize("account", [b"11112222333a", b"-11122223333", b"111122223333"[::-1].replace(b"1", b" ")])
+def test_a_blob_whose_account_is_not_twelve_digits_is_invalid_ciphertext(account: bytes) -> None:
+    blob = _seal()
+    with pytest.raises(InvalidCiphertextException):
+        read_header(blob[:1] + account + blob[13:])
+
+
+def test_forgetting_a_secret_drops_what_opening_its_format_1_blobs_cached() -> None:
+    secret = os.urandom(32)
+    blob = _format_1_blob(secret, b"old")
+    assert open_blob(secret, read_header(blob), None) == b"old"
+    assert ciphertext.holds_secret(secret) and secret in ciphertext.cached_secrets()
+    ciphertext.forget_secrets({secret})
+    assert not ciphertext.holds_secret(secret) and secret not in ciphertext.cached_secrets()
+
+
+def test_a_version_keeps_its_derived_key_while_other_versions_seal(monkeypatch: Any) -> None:
+    monkeypatch.setattr(ciphertext, "_SEALING", {})
+    other = os.urandom(32)
+    first = read_header(_seal()).seed[:32]
+    seal_blob(other, account="111122223333", key_id="k", material_id=MATERIAL, plaintext=b"x", context=None)
+    assert read_header(_seal()).seed[:32] == first
+
+
+def test_the_sealing_state_of_versions_is_bounded(monkeypatch: Any) -> None:
+    # One entry per version that sealed: 4,096 later versions push the first one's out, as they
+    # push out its derivation and derived key, so nothing made from it stays cached.
+    monkeypatch.setattr(ciphertext, "_SEALING", {})
+    secrets = [os.urandom(32) for _ in range(4097)]
+    for secret in secrets:
+        seal_blob(secret, account="111122223333", key_id="k", material_id=MATERIAL, plaintext=b"x", context=None)
+    assert not ciphertext.holds_secret(secrets[0])
+    assert ciphertext.holds_secret(secrets[-1])
