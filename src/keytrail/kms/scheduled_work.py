@@ -6,8 +6,9 @@ calls' changes still owe and the extensions' upkeep (`run_due`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
 __all__ = ["apply_due", "run_due"]
 
 log = logging.getLogger(__name__)
+
+# Keys the scheduler's sweep looks at between two passes of the event loop. One with nothing due
+# takes ≈ 1 µs, but the sweep never waited on anything, so it was one loop step: 20,000 keys held
+# every call 16-19 ms of CPU each tick, 100,000 keys ≈ 0.1 s (a call's answer ≈ 0.2 ms). A slice is
+# ≈ 1 ms.
+SWEEP_SLICE_KEYS = 1000
 
 
 async def apply_due(svc: KmsService, key: Key) -> Key | None:
@@ -122,19 +129,28 @@ async def run_due(svc: KmsService) -> None:
     refused, a store write failed) is left for the next tick, and so is an owed record the spool
     refuses, logged when those left over or the reasons change; the ones after it still run."""
     svc.due_work.held.check()
-    failed: list[tuple[str, Exception]] = []
     cached = cached_secrets()  # before the keys are read: a key made meanwhile is not among them
     keys = await svc.store.all_keys()
-    for key in keys:
-        try:
-            await apply_due(svc, key)
-        except Exception as exc:
-            failed.append((key.arn, exc))
+    failed = await _sweep(svc, keys)
     forget_unheld(cached, keys)  # material another node sharing the store deleted
     svc.due_work.held.say()
     svc.due_work.key_failures.tick(failed)
     svc.due_work.owed_failures.tick(await owed_calls.record_owed(svc))
     await _run_tick_work(svc)
+
+
+async def _sweep(svc: KmsService, keys: Sequence[Key]) -> list[tuple[str, Exception]]:
+    """`apply_due` for each of `keys`, letting the loop's other work run after each slice of
+    SWEEP_SLICE_KEYS; the keys whose due work failed, with why."""
+    failed: list[tuple[str, Exception]] = []
+    for index, key in enumerate(keys):
+        if index and not index % SWEEP_SLICE_KEYS:
+            await asyncio.sleep(0)
+        try:
+            await apply_due(svc, key)
+        except Exception as exc:
+            failed.append((key.arn, exc))
+    return failed
 
 
 async def _run_tick_work(svc: KmsService) -> None:
