@@ -6,9 +6,8 @@ calls' changes still owe and the extensions' upkeep (`run_due`).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING
 from keytrail.kms import errors, multiregion, owed_calls, service_events
 from keytrail.kms.importing import expire_material, material_expired
 from keytrail.kms.keys import Key
+from keytrail.kms.loop_slices import in_slices
 from keytrail.kms.material import cached_secrets, forget_deleted, forget_unheld
 from keytrail.kms.model import KeyState
 
@@ -139,17 +139,16 @@ async def run_due(svc: KmsService) -> None:
     await _run_tick_work(svc)
 
 
-async def _sweep(svc: KmsService, keys: Sequence[Key]) -> list[tuple[str, Exception]]:
+async def _sweep(svc: KmsService, keys: list[Key]) -> list[tuple[str, Exception]]:
     """`apply_due` for each of `keys`, letting the loop's other work run after each slice of
     SWEEP_SLICE_KEYS; the keys whose due work failed, with why."""
     failed: list[tuple[str, Exception]] = []
-    for index, key in enumerate(keys):
-        if index and not index % SWEEP_SLICE_KEYS:
-            await asyncio.sleep(0)
-        try:
-            await apply_due(svc, key)
-        except Exception as exc:
-            failed.append((key.arn, exc))
+    async for some in in_slices(keys, SWEEP_SLICE_KEYS):
+        for key in some:
+            try:
+                await apply_due(svc, key)
+            except Exception as exc:
+                failed.append((key.arn, exc))
     return failed
 
 
