@@ -206,6 +206,18 @@ class _ScopeDateAuth(SigV4Auth):
             return str(super().signature(string_to_sign, request))
 
 
+def test_a_signature_scoped_to_another_service_is_refused_though_it_signs_the_request() -> None:
+    # Signed with the right secret, but for S3: the signing key is derived per service so that one
+    # a service was given works nowhere else.
+    request = AWSRequest(method="POST", url="http://localhost:4599/", data=b"{}",
+                         headers={"X-Amz-Target": "TrentService.ListKeys"})
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW):
+        SigV4Auth(Credentials("AKIDEXAMPLE", "s3cret"), "s3", "eu-west-1").add_auth(request)
+    with pytest.raises(InvalidSignatureException) as caught:
+        _verify(request)
+    assert caught.value.message == "Credential should be scoped to correct service: 'kms'."
+
+
 def test_a_scope_date_other_than_the_request_day_is_refused() -> None:
     # The signing key is derived per day so that a leaked one expires; a request whose scope names
     # another day than its X-Amz-Date would keep an old day's key usable for ever.
@@ -399,6 +411,10 @@ def test_x_amz_date_dates_the_request_when_both_are_sent() -> None:
     (None, "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."),
     ("yesterday", "Date must be an HTTP-date or in ISO-8601 'basic format'. Got 'yesterday'."),
     ("20261128T12Z", "Date must be in ISO-8601 'basic format'. Got '20261128T12Z'."),
+    # Every field a number, in the wrong frame: no T, no Z, or something after the Z.
+    ("20261128 120000Z", "Date must be in ISO-8601 'basic format'. Got '20261128 120000Z'."),
+    ("20261128T1200000", "Date must be in ISO-8601 'basic format'. Got '20261128T1200000'."),
+    ("20261128T120000Z0", "Date must be in ISO-8601 'basic format'. Got '20261128T120000Z0'."),
     ("Fri, 31 Dec 9999 23:59:59 -2359", "Date must be an HTTP-date or in ISO-8601 'basic format'. "
                                         "Got 'Fri, 31 Dec 9999 23:59:59 -2359'."),  # past year 9999 in UTC
 ])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import timedelta
 from typing import Any
@@ -146,6 +147,13 @@ def test_a_stored_not_principal_allow_grants_no_one() -> None:
     assert not decide(user("alice"), policy).allowed
 
 
+def test_a_not_principal_deny_of_everyone_listed_denies_no_one() -> None:
+    # NotPrincipal "*" spares every principal: the Deny hits no one, so the Allow stands.
+    policy = key(doc(allow("*"), {"Effect": "Deny", "NotPrincipal": {"AWS": "*"}, "Action": "kms:*", "Resource": "*"}))
+    for caller in (user("alice"), role("app"), root()):
+        assert decide(caller, policy).allowed
+
+
 def _deny_all_but(*arns: str) -> Any:
     return key(doc(allow("*"), {"Effect": "Deny", "NotPrincipal": {"AWS": list(arns)}, "Action": "kms:*",
                                 "Resource": "*"}))
@@ -157,6 +165,14 @@ def test_a_not_principal_deny_naming_a_role_still_denies_its_sessions() -> None:
     assert decide(session, _deny_all_but(role_arn, ROOT_ARN)).verdict is Verdict.EXPLICIT_DENY
     assert decide(session, _deny_all_but(session.arn, role_arn, ROOT_ARN)).allowed
     assert decide(session, key(doc(allow(role_arn)))).allowed  # in Principal, the role does cover them
+
+
+def test_a_key_policy_naming_a_role_session_allows_that_session() -> None:
+    # "Role session principals" (AWS JSON policy elements: Principal): the session's own ARN.
+    session = role("app")
+    assert decide(session, key(doc(allow(session.arn)))).allowed
+    another = dataclasses.replace(session, arn=session.arn.replace("/session", "/other"), session_name="other")
+    assert not decide(another, key(doc(allow(session.arn)))).allowed  # another session of the role
 
 
 def test_cross_account_needs_key_policy_and_caller_identity_policy() -> None:
@@ -490,6 +506,29 @@ def test_cache_does_not_leak_between_condition_values_or_policies() -> None:
     assert authz.authorize(good).allowed
     changed = key(doc(allow(f"arn:aws:iam::{ACCOUNT}:user/bob")))
     assert not authz.authorize(AccessRequest(good.call, good.action, changed, good.conditions)).allowed
+
+
+def test_cache_keeps_apart_requests_whose_grants_decide_on_different_contexts() -> None:
+    # Nothing in the key policy reads the context, only the grant: the cached decision must
+    # still be keyed by it, or a context the grant refuses would reuse an allow.
+    authz = authorizer()
+    the_key = key(doc(allow(ROOT_ARN)))
+    subset = (grant(ALICE_ARN, "Decrypt", constraints={"EncryptionContextSubset": {"Dept": "IT"}}),)
+    allowed = request(user("alice"), "kms:Decrypt", the_key, {"EncryptionContext": {"Dept": "IT"}}, subset)
+    refused = request(user("alice"), "kms:Decrypt", the_key, {"EncryptionContext": {"Dept": "HR"}}, subset)
+    assert authz.authorize(allowed).allowed
+    assert not authz.authorize(refused).allowed
+    assert authz.authorize(allowed).allowed
+
+
+def test_cache_keeps_apart_requests_whose_list_values_differ() -> None:
+    authz = authorizer()
+    policy = key(doc(allow(ALICE_ARN, "kms:CreateGrant",
+                           Condition={"ForAllValues:StringEquals": {"kms:GrantOperations": ["Decrypt"]}})))
+    narrow = {"GranteePrincipal": ALICE_ARN, "Operations": ["Decrypt"]}
+    wide = {**narrow, "Operations": ["Decrypt", "CreateGrant"]}
+    assert authz.authorize(request(user("alice"), "kms:CreateGrant", policy, narrow)).allowed
+    assert not authz.authorize(request(user("alice"), "kms:CreateGrant", policy, wide)).allowed
 
 
 def test_cache_follows_new_identity_policies_of_the_same_principal() -> None:
