@@ -88,6 +88,21 @@ def test_skew_over_five_minutes_fails_both_ways() -> None:
             _verify(_signed(), now=NOW + delta)
 
 
+def test_a_request_signed_five_minutes_away_either_way_is_within_the_window() -> None:
+    for delta in (timedelta(minutes=5), -timedelta(minutes=5)):
+        _verify(_signed(), now=NOW + delta)
+
+
+def test_a_signed_header_missing_from_the_request_is_an_incomplete_signature_not_a_crash() -> None:
+    prepared = _signed().prepare()
+    headers = {k.lower(): v for k, v in prepared.headers.items() if k.lower() != "x-amz-target"}
+    headers["host"] = "localhost:4599"
+    with pytest.raises(IncompleteSignatureException) as caught:
+        verify_signature(parse_authorization(headers["authorization"]), SigningKeys("s3cret"), method="POST",
+                         path="/", query="", headers=headers, body=prepared.body, now=NOW)
+    assert caught.value.message == "The signed header 'x-amz-target' is missing from the request."
+
+
 @pytest.mark.parametrize(("header", "error"), [
     (None, MissingAuthenticationTokenException),
     ("", MissingAuthenticationTokenException),
