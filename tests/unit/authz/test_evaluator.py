@@ -21,6 +21,7 @@ from .support import (
     OTHER,
     allow_all_identity,
     authorizer,
+    call,
     doc,
     grant,
     key,
@@ -624,6 +625,21 @@ def test_lockout_check_passes_for_direct_or_delegated_put_key_policy() -> None:
     check_lockout(default_policy(ACCOUNT), root())
 
 
+def test_lockout_check_passes_for_the_root_of_an_account_the_policy_names() -> None:
+    # The account root needs no IAM policy to act through its account ("AWS account root user").
+    check_lockout(doc(allow(ACCOUNT, "kms:PutKeyPolicy")), root())
+    with pytest.raises(MalformedPolicyDocumentException):
+        check_lockout(doc(allow(ACCOUNT, "kms:PutKeyPolicy")), user("alice"))
+
+
+def test_lockout_check_asks_with_the_callers_own_request_context() -> None:
+    # A policy that lets the caller manage the key from its network only does not lock it out.
+    from_inside = allow(ALICE_ARN, "kms:PutKeyPolicy", Condition={"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}})
+    check_lockout(doc(from_inside), user("alice"), call=call(user("alice"), source_ip="10.1.2.3"))
+    with pytest.raises(MalformedPolicyDocumentException):
+        check_lockout(doc(from_inside), user("alice"), call=call(user("alice"), source_ip="192.168.1.1"))
+
+
 def test_lockout_check_can_be_bypassed() -> None:
     check_lockout(doc(allow(f"arn:aws:iam::{ACCOUNT}:user/bob")), user("alice"), bypass=True)
 
@@ -641,6 +657,10 @@ def test_lockout_check_fails_for_explicit_deny() -> None:
     deny = {"Effect": "Deny", "Principal": "*", "Action": "kms:PutKeyPolicy", "Resource": "*"}
     with pytest.raises(MalformedPolicyDocumentException):
         check_lockout(doc(allow(ALICE_ARN), deny), user("alice"))
+    # A Deny in the caller's IAM policy wins over a key policy that names the caller directly.
+    denied = user("alice", ACCOUNT, doc({"Effect": "Deny", "Action": "kms:PutKeyPolicy", "Resource": "*"}))
+    with pytest.raises(MalformedPolicyDocumentException):
+        check_lockout(doc(allow(ALICE_ARN)), denied)
 
 
 def test_reads_names_the_condition_keys_of_key_and_identity_policies() -> None:
