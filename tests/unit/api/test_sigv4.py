@@ -19,6 +19,7 @@ from keytrail.api.sigv4 import (
     InvalidSignatureException,
     MissingAuthenticationTokenException,
     SigningKeys,
+    check_signed_headers,
     parse_authorization,
     verify_signature,
 )
@@ -160,6 +161,31 @@ def test_an_authorization_header_is_read_as_aws_reads_it_or_refused(header: str,
     # here and another by whatever sits in front (a proxy that logs the first Credential).
     with pytest.raises(IncompleteSignatureException, match=refused):
         parse_authorization(header)
+
+
+@pytest.mark.parametrize("signature", ["0f3a9c", "ab-c+d/e=", "\u00e9\u00e9"])
+def test_a_signature_of_any_characters_parses_as_the_whole_header_does(signature: str) -> None:
+    # The usual order's head is parsed once and kept, a signature of other characters than letters
+    # and digits takes the whole parse; the reordered header is always parsed whole.
+    usual = parse_authorization(f"{_HEAD}, Signature={signature}")
+    reordered = parse_authorization(f"AWS4-HMAC-SHA256 Signature={signature}, {_HEAD.split(' ', 1)[1]}")
+    assert usual == reordered
+    assert usual.signature == signature
+
+
+def test_a_host_named_in_capitals_in_signed_headers_counts_as_signed() -> None:
+    signed = parse_authorization(f"{_HEAD.replace('=host;', '=Host;')}, Signature=00")
+    assert check_signed_headers(signed, {"host": "localhost:4599", "x-amz-date": "20261128T120000Z"}, NOW) == (
+        "20261128T120000Z")
+
+
+def test_every_unsigned_x_amz_header_is_named_in_order() -> None:
+    headers = {"host": "localhost:4599", "x-amz-date": "20261128T120000Z", "x-amz-target": "TrentService.ListKeys",
+               "x-amz-content-sha256": "UNSIGNED-PAYLOAD", "x-amz-meta": "m", "user-agent": "u"}
+    with pytest.raises(InvalidSignatureException) as caught:
+        check_signed_headers(parse_authorization(f"{_HEAD}, Signature=00"), headers, NOW)
+    assert caught.value.message == (
+        "There were headers present in the request which were not signed: x-amz-meta, x-amz-target.")
 
 
 @pytest.mark.parametrize("header", [
