@@ -127,6 +127,8 @@ class RefusedRows:
     def refuse_within(self, table: str, scope: Row) -> None:
         """KMSInternalException (and its log line) if a refused row is in `scope`: a call that
         answered without it would pass it off as absent (a forged grant, say, as never made)."""
+        if table not in self._rows:  # no row of it refused: every call on a key asks, most stores have none
+            return
         if found := self.within(table, scope):
             raise refused_call(DocumentRefused(table, found[0]))
 

@@ -44,7 +44,6 @@ _CONTEXT_PARAMETER = {"ReEncryptFrom": "SourceEncryptionContext",
 _ALGORITHM_PARAMETER = {"ReEncryptFrom": "SourceEncryptionAlgorithm",
                         "ReEncryptTo": "DestinationEncryptionAlgorithm"}
 _KEY_PARAMETER = {"ReEncryptFrom": "SourceKeyId", "ReEncryptTo": "DestinationKeyId"}
-_GRANT_ADMIN = {"CreateGrant", "ListGrants", "RevokeGrant"}
 _SIMPLE = {  # operation → {parameter: condition key}
     "GenerateDataKeyPair": {"KeyPairSpec": "kms:DataKeyPairSpec"},
     "GenerateDataKeyPairWithoutPlaintext": {"KeyPairSpec": "kms:DataKeyPairSpec"},
@@ -75,31 +74,42 @@ def request_conditions(operation: str, params: Mapping[str, Any]) -> dict[str, A
     alias = _alias(params.get(_KEY_PARAMETER.get(name, "KeyId")))
     if alias:
         out["kms:RequestAlias"] = alias
-    if name in _GRANT_ADMIN:
-        out["kms:GrantIsForAWSResource"] = False  # only AWS services acting for a user set it
-    if name == "CreateGrant":
-        _create_grant(params, out)
-    if name == "ReEncryptFrom" or name == "ReEncryptTo":
-        # A first guess from the text; the ReEncrypt handler passes the answer from the keys.
-        out["kms:ReEncryptOnSameKey"] = params.get("SourceKeyId") == params.get("DestinationKeyId")
-    if name in ("CreateKey", "PutKeyPolicy") and params.get("BypassPolicyLockoutSafetyCheck") is not None:
-        # Absent when the request leaves it out: AWS's own example allows PutKeyPolicy "only when
-        # the request does not include the BypassPolicyLockoutSafetyCheck parameter" with Null.
-        out["kms:BypassPolicyLockoutSafetyCheck"] = bool(params["BypassPolicyLockoutSafetyCheck"])
-    if name in ("GetKeyPolicy", "PutKeyPolicy"):
-        # "If the request doesn't include PolicyName, the value of kms:PolicyName is default" (API
-        # reference, GetKeyPolicy and PutKeyPolicy): a condition on it must see the default too.
-        out["kms:PolicyName"] = params.get("PolicyName") or "default"
-    if name == "CreateKey":
-        _create_key(params, out)
-    # "This type of condition works even when the parameter doesn't appear in the request, such as
-    # when you use the parameter's default value" (AWS KMS condition keys).
-    if name == "ScheduleKeyDeletion":
-        out["kms:ScheduleKeyDeletionPendingWindowInDays"] = params.get("PendingWindowInDays", 30)
-    if name == "EnableKeyRotation":
-        out["kms:RotationPeriodInDays"] = params.get("RotationPeriodInDays") or DEFAULT_ROTATION_PERIOD_DAYS
-    _tags(name, params, out)
+    # The keys of a few operations only, looked up by name: every call asks (Encrypt among them).
+    for add in _OPERATION_KEYS.get(name, ()):
+        add(params, out)
     return out
+
+
+def _grant_for_aws_resource(params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    out["kms:GrantIsForAWSResource"] = False  # only AWS services acting for a user set it
+
+
+def _reencrypt_on_same_key(params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    # A first guess from the text; the ReEncrypt handler passes the answer from the keys.
+    out["kms:ReEncryptOnSameKey"] = params.get("SourceKeyId") == params.get("DestinationKeyId")
+
+
+def _bypass_lockout_check(params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    # Absent when the request leaves it out: AWS's own example allows PutKeyPolicy "only when
+    # the request does not include the BypassPolicyLockoutSafetyCheck parameter" with Null.
+    if params.get("BypassPolicyLockoutSafetyCheck") is not None:
+        out["kms:BypassPolicyLockoutSafetyCheck"] = bool(params["BypassPolicyLockoutSafetyCheck"])
+
+
+def _policy_name(params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    # "If the request doesn't include PolicyName, the value of kms:PolicyName is default" (API
+    # reference, GetKeyPolicy and PutKeyPolicy): a condition on it must see the default too.
+    out["kms:PolicyName"] = params.get("PolicyName") or "default"
+
+
+# "This type of condition works even when the parameter doesn't appear in the request, such as
+# when you use the parameter's default value" (AWS KMS condition keys).
+def _pending_window(params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    out["kms:ScheduleKeyDeletionPendingWindowInDays"] = params.get("PendingWindowInDays", 30)
+
+
+def _rotation_period(params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    out["kms:RotationPeriodInDays"] = params.get("RotationPeriodInDays") or DEFAULT_ROTATION_PERIOD_DAYS
 
 
 def _check_grant_tokens(tokens: Any) -> None:
@@ -173,14 +183,35 @@ def _create_key(params: Mapping[str, Any], out: dict[str, Any]) -> None:
         out["kms:MultiRegionKeyType"] = "PRIMARY"
 
 
-def _tags(name: str, params: Mapping[str, Any], out: dict[str, Any]) -> None:
-    if name in ("CreateKey", "TagResource") and params.get("Tags"):
+def _request_tags(params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    if params.get("Tags"):
         tags = params["Tags"]
         for tag in tags:
             out[f"aws:RequestTag/{tag.get('TagKey')}"] = tag.get("TagValue")
         out["aws:TagKeys"] = [tag.get("TagKey") for tag in tags]
-    if name == "UntagResource" and params.get("TagKeys"):
+
+
+def _untagged_keys(params: Mapping[str, Any], out: dict[str, Any]) -> None:
+    if params.get("TagKeys"):
         out["aws:TagKeys"] = list(params["TagKeys"])
+
+
+_AddKeys = Callable[[Mapping[str, Any], dict[str, Any]], None]
+# Operation → what adds its own condition keys, in this order.
+_OPERATION_KEYS: dict[str, tuple[_AddKeys, ...]] = {
+    "CreateGrant": (_grant_for_aws_resource, _create_grant),
+    "ListGrants": (_grant_for_aws_resource,),
+    "RevokeGrant": (_grant_for_aws_resource,),
+    "ReEncryptFrom": (_reencrypt_on_same_key,),
+    "ReEncryptTo": (_reencrypt_on_same_key,),
+    "CreateKey": (_bypass_lockout_check, _create_key, _request_tags),
+    "PutKeyPolicy": (_bypass_lockout_check, _policy_name),
+    "GetKeyPolicy": (_policy_name,),
+    "ScheduleKeyDeletion": (_pending_window,),
+    "EnableKeyRotation": (_rotation_period,),
+    "TagResource": (_request_tags,),
+    "UntagResource": (_untagged_keys,),
+}
 
 
 def trailing_days_without_use(key: Key, now: datetime, tracking_start: datetime | None,
@@ -283,10 +314,9 @@ class RequestContext:
         encryption context (or tag set) has keys that do: the condition key then holds all their
         values, so a Deny on one of them cannot be dodged by adding its twin in another case."""
         if self._values is None:
-            values: dict[str, Any] = {}
-            for name, value in self._conditions.items():
-                lowered = name.lower()
-                values[lowered] = value if lowered not in values else [*_listed(values[lowered]), *_listed(value)]
+            values = {name.lower(): value for name, value in self._conditions.items()}
+            if len(values) < len(self._conditions):  # twins (rare): the one-pass copy kept the last's value only
+                values = _twins_merged(self._conditions)
             self._values = values
         return self._values
 
@@ -308,6 +338,15 @@ class RequestContext:
         if name.startswith("aws:principaltag/"):
             return _tag_value(self.call.principal.tags, name[len("aws:principaltag/"):])
         return None
+
+
+def _twins_merged(conditions: Mapping[str, Any]) -> dict[str, Any]:
+    """`conditions` by lowercase name, the values of names that differ only by case listed together."""
+    values: dict[str, Any] = {}
+    for name, value in conditions.items():
+        lowered = name.lower()
+        values[lowered] = value if lowered not in values else [*_listed(values[lowered]), *_listed(value)]
+    return values
 
 
 def _tag_value(tags: Iterable[tuple[str, str]], wanted: str) -> Any:

@@ -57,8 +57,10 @@ def key_store_event_data(key: Key) -> dict[str, str]:
 
 def backing_key(key: Key) -> str | None:
     """The HSM key behind the current material of a key in a custom key store; None for other keys."""
+    if not key.custom_key_store_id:  # most keys: no need to look for their current material
+        return None
     material = key.current_material
-    return material.handle if key.custom_key_store_id and material is not None and material.handle else None
+    return material.handle if material is not None and material.handle else None
 
 
 def backing_keys(backing_id: str) -> str:

@@ -22,7 +22,7 @@ from keytrail.kms.model import KeyState
 if TYPE_CHECKING:
     from keytrail.kms.service import KmsService
 
-__all__ = ["apply_due", "run_due"]
+__all__ = ["apply_due", "is_due", "run_due"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ async def apply_due(svc: KmsService, key: Key) -> Key | None:
     service events an earlier change still owes, its imported material's expiry, a replica's
     activation, automatic rotations. Returns the key as it now is, or None once deleted."""
     now = svc.clock.now()
-    if not _is_due(key, now):
+    if not is_due(key, now):
         return key
     # Deletion and expiry cannot be undone: judged by the clock less a step ahead just seen, so
     # that a clock set days ahead by mistake does not delete keys for good (kms/due_work.py).
@@ -201,6 +201,7 @@ def _deletion_due(key: Key, now: datetime) -> datetime | None:
     return None
 
 
-def _is_due(key: Key, now: datetime) -> bool:
+def is_due(key: Key, now: datetime) -> bool:
+    """Whether `apply_due` has anything to carry out for `key` at `now`."""
     return (_deletion_due(key, now) is not None or _rotation_due(key, now) or material_expired(key, now)
             or key.state is KeyState.CREATING or service_events.owes(key))

@@ -286,7 +286,7 @@ class KmsService:
             await call.held.enter_async_context(self.key_lock(ref.account, ref.region, key_id))
             call.held = None
         key = await self.store.get_key(ref.account, ref.region, key_id)
-        if key is not None:
+        if key is not None and self.due(key):
             key = await self.apply_due(key)
         if key is None:
             raise errors.NotFoundException(f"Key '{key_arn(ref.region, ref.account, key_id)}' does not exist")
@@ -295,7 +295,7 @@ class KmsService:
 
     async def find_key_by_id(self, account: str, region: str, key_id: str) -> Key | None:
         key = await self.store.get_key(account, region, key_id)
-        return await self.apply_due(key) if key else None
+        return await self.apply_due(key) if key is not None and self.due(key) else key
 
     def key_lock(self, account: str, region: str, key_id: str) -> AbstractAsyncContextManager[None]:
         """The store's lock of a key. The copies of a multi-Region key share one: a change to one
@@ -358,15 +358,18 @@ class KmsService:
             grants = await self.store.grants_allowing(
                 key.account, key.region, key.key_id, grantee_names(call.context.principal),
                 action.removeprefix("kms:"), values.get(ENCRYPTION_CONTEXT) or {})
-            await self._key_conditions(call, action, key, values)
+            reads = self._policy_reads(key, call.context)
+            if not reads.isdisjoint(_LOOKED_UP):  # most policies read neither: no coroutine to await
+                await self._key_conditions(call, action, key, values, reads)
         if key is not None and action in _CRYPTO_ACTIONS:
             _note_custom_key_store(call, key)
         self.require_allowed(AccessRequest(call.context, action, key, values, grants))
 
-    async def _key_conditions(self, call: Call, action: str, key: Key, values: dict[str, Any]) -> None:
-        """The condition keys that cost a lookup, read only when a policy asks for them: the key's
-        aliases, and its days without use (without usage tracking on this node it is absent)."""
-        reads = self._policy_reads(key, call.context)
+    async def _key_conditions(self, call: Call, action: str, key: Key, values: dict[str, Any],
+                              reads: frozenset[str]) -> None:
+        """The condition keys that cost a lookup (`_LOOKED_UP`), added to `values` only when the
+        policies' `reads` ask for them: the key's aliases, and its days without use (without usage
+        tracking on this node it is absent)."""
         if RESOURCE_ALIASES in reads:
             # The key's only: every alias of the account and Region cost each such call a read of them all
             aliases = await self.store.list_aliases_page(key.account, key.region, None, sys.maxsize, key.key_id)
@@ -427,6 +430,11 @@ class KmsService:
             rotation_type=rotation_type,
         )
 
+    def due(self, key: Key) -> bool:
+        """Whether the clock makes anything due for `key`: most calls find nothing due, and so skip
+        `apply_due` and the two coroutines it takes."""
+        return scheduled_work.is_due(key, self.clock.now())
+
     async def apply_due(self, key: Key) -> Key | None:
         """Carry out what the clock says is due for `key` (kms/scheduled_work.py): the key as it now
         is, or None once deleted."""
@@ -442,6 +450,7 @@ class KmsService:
         return self.clock.now()
 
 
+_LOOKED_UP = frozenset({RESOURCE_ALIASES, TRAILING_DAYS})
 _CRYPTO_ACTIONS = frozenset({
     "kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
     "kms:GenerateDataKeyWithoutPlaintext",
