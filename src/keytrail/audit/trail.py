@@ -215,7 +215,7 @@ class AuditTrail:
     async def record(self, call: CallRecord) -> None:
         """AuditSink: make the CloudTrail record of `call` durable, or raise SpoolError."""
         self._check_cap()
-        await self.spool.append(self.encoder.encode(call))
+        await self.spool.submit(self.encoder.encode(call))
 
     async def append_event(self, event: dict[str, Any]) -> int:
         """Make one CloudTrail record dict durable (imports use this too); return its offset."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
+from collections.abc import Callable, Collection, Iterator, MutableSequence, Sequence
 from itertools import repeat
 from typing import overload
 
@@ -113,9 +113,10 @@ def split(data: bytes) -> Iterator[tuple[bytes, bool]]:
         position = end
 
 
-def framed_size(payloads: Iterable[bytes]) -> int:
-    """The bytes these payloads take in the log once framed."""
-    return sum(FRAME_HEADER + len(payload) for payload in payloads)
+def framed_size(payloads: Collection[bytes]) -> int:
+    """The bytes these payloads take in the log once framed (summed without a Python loop: it runs
+    on each group commit of the audit spool)."""
+    return FRAME_HEADER * len(payloads) + sum(map(len, payloads))
 
 
 def frame_bytes(data: bytes) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta, timezone
 
 import pytest
 
@@ -71,6 +72,25 @@ def test_one_encoder_writes_each_calls_own_session_time_account_and_keys() -> No
           for account in (ACCOUNT, "444455556666")),
     ]
     for call in calls * 2:
+        assert encoder.encode(call) == encode(to_cloudtrail(call)), call.event_id
+
+
+def test_one_encoder_tells_apart_calls_of_one_principal_object_and_of_one_second() -> None:
+    """The encoder reuses the last record's caller (same Principal object) and second: a record
+    KMS writes for the caller (invokedBy), another account, a role session's next second, a clock
+    set back, or an offset other than UTC's must each still get their own fields."""
+    encoder = CallEncoder()
+    plus_two = timezone(timedelta(hours=2))
+    calls = [
+        encrypt_call(1), encrypt_call(1, ROOT), replace(encrypt_call(1), invoked_by="kms.amazonaws.com"),
+        encrypt_call(1), encrypt_call(1, account="444455556666"), encrypt_call(2, APP), encrypt_call(3, APP),
+        encrypt_call(3, APP, event_time=T0 + timedelta(seconds=3, microseconds=999_999)),
+        encrypt_call(4, APP, event_time=T0 + timedelta(seconds=4)), encrypt_call(0, APP),
+        encrypt_call(5, APP, event_time=(T0 + timedelta(seconds=5, microseconds=1)).astimezone(plus_two)),
+        encrypt_call(6, APP, event_time=(T0 + timedelta(seconds=5, microseconds=2)).astimezone(plus_two)),
+        encrypt_call(7, replace(APP)), encrypt_call(7, APP),
+    ]
+    for call in calls:
         assert encoder.encode(call) == encode(to_cloudtrail(call)), call.event_id
 
 
