@@ -8,7 +8,7 @@ import hashlib
 import json
 import struct
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from keytrail.audit.integrity import canonical, fingerprint
 from keytrail.audit.trail import AuditSettings, AuditTrail, audit_paths
 from keytrail.kms.context import CallContext, IdentityType, Principal
 from keytrail.kms.model import CallRecord
+from keytrail.transport.segment_log import SegmentLog
 
 ACCOUNT = "111122223333"
 KEY_ARN = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -49,12 +50,25 @@ def encrypt_call(index: int, principal: Principal = ALICE, **changes: object) ->
     return CallRecord(**values)  # type: ignore[arg-type]
 
 
+def append_each(log: SegmentLog, payloads: Iterable[bytes]) -> None:
+    """One append a record, as a spool under light load: a segment rolls at the record that fills it
+    (an append stays whole in one segment)."""
+    for payload in payloads:
+        log.append([payload])
+
+
 async def fill_trail_async(data_dir: Path, count: int, *, first: int = 0, **settings: object) -> None:
     """Record `count` Encrypt calls, numbered from `first`, through a real AuditTrail, then close it
-    (final digest)."""
+    (final digest). All at once; given `segment_bytes`, one after another: a group commit stays
+    whole in one segment, and tests of small segments name which records each holds."""
     trail = AuditTrail.open(AuditSettings(data_dir=data_dir, **settings))  # type: ignore[arg-type]
+    calls = [encrypt_call(i) for i in range(first, first + count)]
     async with trail:
-        await asyncio.gather(*(trail.record(encrypt_call(i)) for i in range(first, first + count)))
+        if "segment_bytes" in settings:
+            for call in calls:
+                await trail.record(call)
+        else:
+            await asyncio.gather(*map(trail.record, calls))
 
 
 @contextlib.asynccontextmanager

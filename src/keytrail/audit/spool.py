@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import errno
 import logging
 import os
@@ -29,7 +30,7 @@ from keytrail.audit.integrity import ChainWriter
 from keytrail.audit.syncer import SyncHelper, SyncHelperGone
 from keytrail.kms.model import AuditUnavailable, CallsInProgress
 from keytrail.transport.frames import framed_size
-from keytrail.transport.segment_log import CutShort, LogMoved, SegmentLog, TornWrite
+from keytrail.transport.segment_log import LogMoved, SegmentLog, TornWrite
 
 __all__ = ["FSYNC_BUCKETS", "CommitStats", "Spool", "SpoolError"]
 
@@ -311,17 +312,18 @@ class Spool:
             self._settle()
             return
         now = self._now()
-        digest = rolled or self.chain.digest_due(now)
+        roll_ahead = self.segments.full  # in the writer thread, after this batch's fsync: see `_sync`
+        digest = rolled or roll_ahead or self.chain.digest_due(now)
         size = framed_size(payloads)
         self._syncing = len(waiters)
 
         def done(error: BaseException | None) -> None:
             self._synced(waiters, first, size, error)
 
-        if self._helper is not None and not (rolled or digest or self.segments.needs_directory_sync):
+        if self._helper is not None and not (digest or self.segments.needs_directory_sync):
             self._sync_in_helper(self._helper, done)
         else:
-            self._dispatch(lambda: self._sync(rolled, digest, now), done)
+            self._dispatch(lambda: self._sync(digest, now, roll_ahead=roll_ahead), done)
 
     def _sync_in_helper(self, helper: SyncHelper, done: _Done) -> None:
         self._in_flight = True
@@ -332,7 +334,7 @@ class Spool:
                 self._helper = None
                 self.helper_restarts += 1
                 helper.close()
-                self._jobs.put((lambda: self._sync(False, False, self._now()), done))
+                self._jobs.put((lambda: self._sync(False, self._now()), done))
                 self._restart_helper_later(str(error))
                 return
             self._fsync_seconds = seconds
@@ -374,19 +376,12 @@ class Spool:
 
     def _append(self, payloads: list[bytes]) -> tuple[int, bool]:
         """Write and hash the batch (not yet durable); the first offset and whether a segment closed."""
-        expected = self.segments.end_offset()
         active = self.segments.active_base
         try:
             first = self.segments.append(payloads)
-        except CutShort as exc:
-            # The records before a segment boundary are in the log, durable; the disk had no room
-            # for the rest. Hashed, they keep the chain whole, and the spool writes on once it can
-            # (it refused every record until a restart). Their calls are refused with the rest.
-            self.chain.add(expected, payloads[:exc.written])
-            raise _RecoverableWrite(exc) from exc
         except OSError as exc:
             # Nothing of the batch stayed on disk (a TornWrite left bytes behind it could not cut).
-            if self.segments.end_offset() == expected and not isinstance(exc, TornWrite | LogMoved):
+            if not isinstance(exc, TornWrite | LogMoved):
                 raise _RecoverableWrite(exc) from exc
             raise
         self.chain.add(first, payloads)
@@ -493,16 +488,26 @@ class Spool:
             except RuntimeError:  # the loop is gone (never closed): nobody waits any more
                 return
 
-    def _sync(self, rolled: bool, digest: bool, now: datetime) -> None:
-        """One fsync for the batch; a digest when a segment closed or the hour is up, then the
-        maintenance (retention) at either."""
+    def _sync(self, digest: bool, now: datetime, *, roll_ahead: bool = False) -> None:
+        """One fsync for the batch; the next segment started if this one is full (`roll_ahead`); a
+        digest when a segment closed or the hour is up, and the maintenance (retention) then."""
         started = time.perf_counter()
         self.segments.sync()
         self._fsync_seconds = time.perf_counter() - started  # read by `_synced`, queued after this job
+        if roll_ahead:
+            self._roll_ahead()
         if digest:
             self._digest_after_sync(now)
-        if rolled or digest:
             self._maintain()
+
+    def _roll_ahead(self) -> None:
+        """Writer thread: start the next segment, so that the event loop's next append need not. A
+        roll fsyncs the segment it closes, and on the loop every call waited on that fsync (0.2-63
+        ms on a loaded VM, once a segment). A roll that fails here is left to that append, which
+        rolls a full segment itself and refuses its batch if it cannot."""
+        with contextlib.suppress(OSError):
+            self.segments.roll()
+            self.segments.sync()  # the new segment's folder entry: the next batch may go to the helper
 
     def _digest_after_sync(self, now: datetime) -> None:
         """The batch is durable by now: a digest that cannot be written (no file descriptor or no

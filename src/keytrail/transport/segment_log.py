@@ -3,7 +3,8 @@
 A segment is `<base offset, 20 digits>.seg`; each record is framed as a 4-byte little-endian
 length, a 4-byte CRC32 of the payload, then the payload. Offsets are consecutive record numbers.
 `append` writes without syncing, a batch's first frame header last (readers see all of the
-batch's records or none); `sync` makes everything appended durable (callers batch several appends
+batch's records or none), a batch whole in one segment (a segment may pass `segment_bytes` by its
+last batch); `sync` makes everything appended durable (callers batch several appends
 under one sync: group commit). One writer per directory (an exclusive `flock`
 on `LOCK`); any number of readers, in this process or others, see what the writer has flushed.
 Opening a writer cuts a torn tail left by a crash; the bytes it cuts are kept beside the segment
@@ -43,7 +44,7 @@ from keytrail.transport.frames import (
 )
 
 __all__ = [
-    "Cut", "CutRefused", "CutShort", "Damage", "Frame", "LogLockedError", "LogMoved", "SegmentLog", "TornWrite",
+    "Cut", "CutRefused", "Damage", "Frame", "LogLockedError", "LogMoved", "SegmentLog", "TornWrite",
     "event_log_dir",
     "lock_held", "writer_active",
 ]
@@ -163,15 +164,6 @@ class TornWrite(OSError):
     appended after them would sit behind bytes that are no record (a restart would cut them)."""
 
 
-class CutShort(OSError):
-    """An append across a segment boundary that failed after its first `written` records were in
-    the log, synced as their segment closed (a disk full as the next segment took the rest)."""
-
-    def __init__(self, written: int, error: OSError) -> None:
-        super().__init__(error.errno, error.strerror or str(error), error.filename)
-        self.written = written
-
-
 class LogMoved(OSError):
     """The file appends go to is no longer at its path: the log's folder (or one above it) was
     moved away, replaced or deleted while the writer ran. Its appends would land where no reader
@@ -198,7 +190,6 @@ class SegmentLog:
         self._fd_file: tuple[int, int] = (0, 0)  # the (device, inode) of the file `_fd` writes
         self._lock_fd = -1
         self._dirty_dir = False
-        self._synced_end = 0  # the end offset the last roll made durable
         self.cut: Cut | None = None  # what opening as the writer cut off the last segment
         if writable:
             _create_directory(self.directory)
@@ -214,38 +205,31 @@ class SegmentLog:
     # --- writer ----------------------------------------------------------------------------------
 
     def append(self, payloads: Sequence[bytes]) -> int:
-        """Append records (not yet durable: call `sync`); return the offset of the first. CutShort
-        when those before a segment boundary stay in the log, durable, and the rest could not follow."""
+        """Append records (not yet durable: call `sync`), all in one segment, rolling first if the
+        active one is `full`; return the offset of the first. On an error none of them is in the log
+        (after a TornWrite, bytes that are no record are)."""
         if not all(payloads):  # readers take a frame of length 0 for a zero-filled tail, not a record
             raise ValueError("the event log takes no empty record")
         first = self.end_offset()
-        try:
-            self._append(payloads)
-        except TornWrite:
-            raise
-        except OSError as error:
-            written = self.end_offset() - first
-            # Readers may have read those records already: they stay, and their offsets are theirs.
-            if written and self._synced_end == self.end_offset():
-                raise CutShort(written, error) from error
-            raise
-        return first
-
-    def _append(self, payloads: Sequence[bytes]) -> None:
-        active = self._segments[-1]
+        active = self.roll() if self.full else self._segments[-1]
         chunks: list[bytes] = []
         positions: list[int] = []
         position = active.size
         pack, crc32 = FRAME.pack, zlib.crc32
         for payload in payloads:
-            if position >= self.segment_bytes and (active.positions or positions):
-                self._publish(active, chunks, positions, position)
-                active, chunks, positions, position = self.roll(), [], [], 0
             chunks.append(pack(len(payload), crc32(payload)))
             chunks.append(payload)
             positions.append(position)
             position += 8 + len(payload)
         self._publish(active, chunks, positions, position)
+        return first
+
+    @property
+    def full(self) -> bool:
+        """Whether the active segment holds `segment_bytes` or more: the next `append` rolls. A
+        writer that can roll off its hot path does it first (the roll fsyncs the closed segment)."""
+        active = self._segments[-1]
+        return active.size >= self.segment_bytes and bool(active.positions)
 
     def _publish(self, segment: _Segment, chunks: list[bytes], positions: list[int], size: int) -> None:
         # Write first, then index: a reader in another thread never sees an unwritten record.
@@ -342,7 +326,6 @@ class SegmentLog:
         """Sync and close the active segment's descriptor, if open."""
         if self._fd >= 0:
             os.fsync(self._fd)
-            self._synced_end = self.end_offset()
             os.close(self._fd)
             # Forget the closed number before a new open: if that fails (no descriptor left, disk
             # full), the next roll or close must not fsync and close whatever file then got it.

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from keytrail.transport import frames, segment_log
 from keytrail.transport.frames import MAX_RECORD, hidden_records, possible_length
 from keytrail.transport.kept_tails import RecordsCut, records_cut
-from keytrail.transport.segment_log import Cut, CutShort, LogLockedError, SegmentLog
-from tests.support.audit_records import flip_bit, overwrite
+from keytrail.transport.segment_log import Cut, LogLockedError, SegmentLog
+from tests.support.audit_records import append_each, flip_bit, overwrite
 
 
 def _payloads(count: int, size: int = 40) -> list[bytes]:
@@ -190,7 +190,7 @@ def test_the_search_for_hidden_records_checksums_candidate_frames_up_to_a_budget
 
 def test_damage_in_a_closed_segment_is_reported_and_a_writers_tail_is_not(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
-    log.append(_payloads(12))
+    append_each(log, _payloads(12))
     log.sync()
     payload = b"the next record"
     with _segment(tmp_path).open("ab") as active:
@@ -312,7 +312,7 @@ def test_a_batch_torn_by_a_writer_killed_between_its_two_writes_holds_no_reader(
 
 def test_retention_deletes_whole_closed_segments_only(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path, segment_bytes=100, writable=True)
-    log.append(_payloads(10))
+    append_each(log, _payloads(10))
     log.sync()
     bases = log.segment_bases()
     assert log.delete_before(bases[2]) == 2
@@ -408,7 +408,7 @@ def test_a_damaged_record_mid_chunk_is_never_returned_nor_passed(tmp_path: Path)
 
 def test_a_damaged_record_in_a_closed_segment_ends_reads_there(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
-    log.append(_payloads(12))
+    append_each(log, _payloads(12))
     log.sync()
     bases = log.segment_bases()
     closed = tmp_path / f"{bases[1]:020d}.seg"
@@ -494,7 +494,7 @@ def test_a_crash_before_a_batchs_first_header_is_a_torn_write(tmp_path: Path) ->
 
 def test_a_reader_moves_past_segments_deleted_by_retention(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
-    log.append(_payloads(12))
+    append_each(log, _payloads(12))
     log.sync()
     reader = SegmentLog(tmp_path)
     assert reader.read(0, 2) == list(zip(range(2), _payloads(2), strict=True))
@@ -586,9 +586,21 @@ def test_a_new_log_folder_is_made_durable_in_its_parents(tmp_path: Path, monkeyp
     assert synced == []  # nothing created, nothing to sync
 
 
-def test_an_append_cut_short_at_a_segment_boundary_keeps_what_it_synced(tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_batch_stays_whole_in_one_segment_and_the_next_append_rolls(tmp_path: Path) -> None:
+    # Across a boundary, a batch was split over two segments, rolled in the middle of the append:
+    # the roll's fsync ran where the spool appends, on the event loop, every call waiting on it.
     log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
+    assert log.append(_payloads(12)) == 0  # more than a segment holds
+    assert log.segment_bases() == [0] and log.full
+    assert log.append(_payloads(1)) == 12
+    log.sync()
+    assert log.segment_bases() == SegmentLog(tmp_path).segment_bases() == [0, 12] and not log.full
+
+
+def test_an_append_whose_new_segment_cannot_be_made_leaves_nothing_and_the_log_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = SegmentLog(tmp_path, segment_bytes=200, writable=True)
+    log.append(_payloads(5))  # past 200 bytes: the next append rolls
     real_open = os.open
 
     def no_new_segment(path: str | Path, flags: int, mode: int = 0o777) -> int:
@@ -597,10 +609,10 @@ def test_an_append_cut_short_at_a_segment_boundary_keeps_what_it_synced(tmp_path
         return real_open(path, flags, mode)
 
     monkeypatch.setattr(segment_log.os, "open", no_new_segment)
-    with pytest.raises(CutShort) as cut:
-        log.append(_payloads(12))  # more than a segment holds
-    assert 0 < cut.value.written == log.end_offset() < 12
+    with pytest.raises(OSError, match="No space left"):
+        log.append(_payloads(2))
+    assert log.end_offset() == 5
     monkeypatch.undo()
-    assert log.append(_payloads(2)) == cut.value.written  # the log goes on after them
+    assert log.append(_payloads(2)) == 5  # the log goes on where it was
     log.sync()
-    assert SegmentLog(tmp_path).end_offset() == cut.value.written + 2
+    assert SegmentLog(tmp_path).end_offset() == 7

@@ -12,6 +12,7 @@ import pytest
 from keytrail.audit.shipper import ShippedOffset, Shipper, _Pause
 from keytrail.transport.kafka import BrokerLostRecords, KafkaProducerLink, Message, RecordsTooLarge
 from keytrail.transport.segment_log import SegmentLog
+from tests.support.audit_records import append_each
 from tests.support.mounts import filled, small_filesystem
 from tests.support.waits import eventually
 
@@ -36,7 +37,7 @@ class _Link:
 
 async def test_shipping_from_an_offset_retention_deleted_stops_at_the_durable_end(tmp_path: Path) -> None:
     log = SegmentLog(tmp_path / "log", segment_bytes=100, writable=True)
-    log.append([_payload(offset) for offset in range(30)])
+    append_each(log, map(_payload, range(30)))
     log.sync()
     log.delete_before(10)  # retention: the first records are gone
     start = log.start_offset()
@@ -290,7 +291,7 @@ async def test_shipping_held_at_a_damaged_record_of_a_closed_segment_says_so_onc
     """The shipper shipped nothing past it, in silence, until the unshipped records reached the
     spool's cap and the node refused every call."""
     log = SegmentLog(tmp_path / "log", segment_bytes=100, writable=True)
-    log.append([_payload(offset) for offset in range(30)])
+    append_each(log, map(_payload, range(30)))
     log.sync()
     second = sorted((tmp_path / "log").glob("*.seg"))[1]
     data = bytearray(second.read_bytes())

@@ -154,15 +154,15 @@ async def test_a_full_disk_under_the_integrity_sidecar_fails_no_call(tmp_path: P
 
 async def test_a_disk_that_fills_as_a_batch_rolls_to_a_new_segment_refuses_it_until_space_is_back(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # The batch's records before the segment boundary were in the log, synced as their segment
-    # closed, when the new segment had no room for the rest: the spool refused every record until
-    # a restart, space or not.
+    # A batch once spanned segments, and the records before the boundary stayed in the log when
+    # the new segment had no room for the rest: the spool refused every record until a restart,
+    # space or not. Now a batch stays whole in one segment, refused whole when none can be made.
     with small_filesystem(tmp_path / "disk", "2m") as disk:
         settings = AuditSettings(data_dir=disk / "node", segment_bytes=3000, fsync_helper=False)
         async with AuditTrail.open(settings) as trail:
             await trail.record(encrypt_call(0))
             filler = filled(disk)
-            for batch in range(1, 4):  # each batch spans segments: the disk fills inside one
+            for batch in range(1, 4):  # each batch fills a segment or more: the disk fills at a roll
                 outcomes = await asyncio.gather(*(trail.record(encrypt_call(100 * batch + i)) for i in range(30)),
                                                 return_exceptions=True)
                 assert all(isinstance(outcome, SpoolError) for outcome in outcomes)
@@ -175,6 +175,29 @@ async def test_a_disk_that_fills_as_a_batch_rolls_to_a_new_segment_refuses_it_un
 
         assert verify(disk / "node") == []
     assert "until restarted" not in caplog.text
+
+
+async def test_a_full_segment_is_rolled_in_the_writer_thread_not_on_the_event_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A roll fsyncs the segment it closes. Done by the loop's append, every call in flight waited on
+    # that fsync, once a segment (0.2-63 ms measured on a loaded VM, 3,400 Encrypts a second).
+    loop_thread = threading.get_ident()
+    on_the_loop: list[int] = []
+    real_fsync = os.fsync
+
+    def watched(fd: int) -> None:
+        if threading.get_ident() == loop_thread:
+            on_the_loop.append(fd)
+        real_fsync(fd)
+
+    async with AuditTrail.open(AuditSettings(data_dir=tmp_path, segment_bytes=2000)) as trail:
+        monkeypatch.setattr(os, "fsync", watched)
+        for call in range(30):
+            await trail.record(encrypt_call(call))
+        segments = trail.log.segment_bases()
+        monkeypatch.undo()  # the close syncs on the loop, as the start did
+    assert len(segments) >= 5 and on_the_loop == []
+    assert [e["eventID"] for _, e in iter_events(tmp_path)] == [encrypt_call(call).event_id for call in range(30)]
 
 
 async def test_a_write_that_left_bytes_it_could_not_cut_fails_every_later_call(

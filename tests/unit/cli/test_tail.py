@@ -17,6 +17,7 @@ from keytrail.clock import SystemClock
 from keytrail.detect.alarms import Alarm
 from keytrail.detect.runner import DetectorRunner
 from keytrail.transport.segment_log import SegmentLog, event_log_dir
+from tests.support.audit_records import append_each
 from tests.unit.detect.records import create_key, denied, event, key_arn, user
 
 
@@ -33,7 +34,7 @@ def _values(start: int, stop: int) -> list[bytes]:
 
 async def test_follow_reads_every_value_once_across_new_segments(tmp_path: Path) -> None:
     log = _small_segment_log(tmp_path)
-    log.append(_values(0, 25))
+    append_each(log, _values(0, 25))
     log.sync()
     seen: list[bytes] = []
     idle_polls = 0
@@ -41,7 +42,7 @@ async def test_follow_reads_every_value_once_across_new_segments(tmp_path: Path)
         seen.extend(values)
         idle_polls += not values
         if len(seen) == 22:  # caught up: the writer goes on into new segments
-            log.append(_values(25, 70))
+            append_each(log, _values(25, 70))
             log.sync()
         if len(seen) == 67 or idle_polls > 50:
             break
@@ -53,7 +54,7 @@ async def test_follow_reads_every_value_once_across_new_segments(tmp_path: Path)
 async def test_a_batch_comes_short_only_at_the_log_s_end_not_at_a_segment_s(tmp_path: Path) -> None:
     # The detector takes a short batch for the log's end (caught up, nothing waiting).
     log = _small_segment_log(tmp_path)
-    log.append(_values(0, 40))  # every segment ends after a few values
+    append_each(log, _values(0, 40))  # every segment ends after a few values
     log.sync()
     log.close()
     sizes = []
@@ -72,14 +73,14 @@ async def test_records_retention_deletes_before_the_follower_reads_them_are_said
     """A detector stopped or behind for longer than the node's reader grace, which retention does not
     wait for, passed over the calls it never judged in silence: alarms they raise were missed."""
     log = _small_segment_log(tmp_path)
-    log.append(_values(0, 10))
+    append_each(log, _values(0, 10))
     log.sync()
     seen: list[bytes] = []
     with caplog.at_level("WARNING", logger="keytrail.cli.tail"):
         async for values, _ in follow_event_log(tmp_path, batch=7, idle_seconds=0.01):
             seen.extend(values)
             if len(seen) == 10:  # caught up; then the writer goes on and retention deletes what follows
-                log.append(_values(10, 50))
+                append_each(log, _values(10, 50))
                 log.sync()
                 deleted_to = log.kept_from(35)
                 assert log.delete_before(deleted_to) > 0 and deleted_to > 10
@@ -98,7 +99,7 @@ async def test_a_replay_that_begins_where_retention_left_the_log_says_nothing(
 ) -> None:
     # serve's detector reads the log from 0 at each start: the oldest record kept is where it begins.
     log = _small_segment_log(tmp_path)
-    log.append(_values(0, 30))
+    append_each(log, _values(0, 30))
     log.sync()
     log.delete_before(log.kept_from(15))
     start = log.start_offset()
@@ -117,7 +118,7 @@ async def test_a_follower_held_at_a_deleted_segment_says_so_once_naming_the_reco
     """serve's detector waited in front of a segment deleted by hand for good, judging no call
     after it, and no line said why."""
     log = _small_segment_log(tmp_path)
-    log.append(_values(0, 30))
+    append_each(log, _values(0, 30))
     log.sync()
     log.close()
     middle = sorted(event_log_dir(tmp_path).glob("*.seg"))[1]
@@ -141,7 +142,7 @@ def _write_log(data_dir: Path, records: list[dict[str, Any]], segment_bytes: int
     directory = event_log_dir(data_dir)
     directory.mkdir(parents=True)
     log = SegmentLog(directory, segment_bytes=segment_bytes, writable=True)
-    log.append([encode(record) for record in records])
+    append_each(log, map(encode, records))
     log.sync()
     log.close()
 

@@ -15,7 +15,7 @@ from keytrail.pipeline.segment_source import SEGMENT_LOG_PARTITION, SegmentLogSo
 from keytrail.transport import segment_log
 from keytrail.transport.segment_log import SegmentLog
 from keytrail.transport.segment_reader import StallWatch
-from tests.support.audit_records import flip_bit, overwrite
+from tests.support.audit_records import append_each, flip_bit, overwrite
 
 
 def _records(start: int, stop: int) -> list[bytes]:
@@ -195,7 +195,7 @@ async def test_records_retention_deleted_before_they_were_read_are_said_once_wit
     # A consumer stopped or failing for longer than the node's reader grace, which retention does
     # not wait for: the calls it never read are in no figure, and that went unsaid.
     log = SegmentLog(tmp_path, segment_bytes=400, writable=True)
-    log.append(_records(0, 40))
+    append_each(log, _records(0, 40))
     log.sync()
     deleted_to = log.kept_from(25)
     log.delete_before(deleted_to)
