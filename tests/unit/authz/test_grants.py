@@ -97,6 +97,21 @@ def test_grantee_matching() -> None:
     assert not grantee_matches(account_grant, user("alice"), False)
 
 
+def test_a_grant_to_a_role_session_names_that_session_and_no_other() -> None:
+    session = role("app")
+    assert grantee_matches(session.arn, session, False)
+    assert not grantee_matches(session.arn.replace("/session", "/other"), session, False)
+
+
+def test_a_grant_that_includes_retire_grant_is_retired_by_its_grantee_not_by_anyone() -> None:
+    # "Retiring and revoking grants": RetireGrant in the grant lets its grantee retire it; a caller
+    # the grant does not name, whom neither IAM nor a retiring principal allows, may not.
+    the_grant = grant(f"arn:aws:iam::{ACCOUNT}:user/bob", "Decrypt", "RetireGrant")
+    assert retire_allowed(the_grant, user("bob"), False)
+    assert not retire_allowed(the_grant, user("carol"), False)
+    assert not retire_allowed(the_grant, user("carol", OTHER), True)
+
+
 def test_a_grant_to_a_bare_account_id_is_a_grant_to_that_account() -> None:
     # CreateGrant accepts an account id as GranteePrincipal or RetiringPrincipal, as key policies take one.
     assert grantee_matches(ACCOUNT, root(), False)
