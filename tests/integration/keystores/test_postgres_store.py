@@ -25,6 +25,7 @@ from keytrail.kms.postgres_store import PostgresStore, StoreBusy
 from keytrail.kms.sealing import RootKey, SealError
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.store import Alias
+from tests.support.loop_passes import LoopPasses
 from tests.support.store_documents import TOKEN
 from tests.support.waits import eventually
 
@@ -100,27 +101,19 @@ async def test_reading_every_key_lets_other_work_run_between_slices_and_returns_
                 materials=(KeyMaterial("cd" * 32, os.urandom(32), NOW),), policy="{}") for number in range(5)]
     for key in keys:
         await store.put_key(key)
-    loop_passes = 0
-
-    async def other_work() -> None:
-        nonlocal loop_passes
-        while True:
-            loop_passes += 1
-            await asyncio.sleep(0)
-
-    decoded_at: list[int] = []  # the other work's passes by each key's decoding
+    decoded_at: list[int] = []  # the loop's passes by each key's decoding
     decode = postgres_store.key_from_doc
+    passes = LoopPasses()
 
     def decoded(body: str, root: RootKey) -> Key:
-        decoded_at.append(loop_passes)
+        decoded_at.append(passes.count)
         return decode(body, root)
 
     monkeypatch.setattr(postgres_store, "key_from_doc", decoded)
-    other = asyncio.create_task(other_work())
     try:
-        found = await store.all_keys()
+        async with passes:
+            found = await store.all_keys()
     finally:
-        other.cancel()
         await store.close()
     assert sorted(found, key=lambda key: key.key_id) == keys
     assert len(set(decoded_at)) == 3  # five keys in slices of two

@@ -4,7 +4,6 @@ they run, not on every tick."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from datetime import datetime, timedelta
@@ -24,6 +23,7 @@ from keytrail.kms.sealing import RootKey
 from keytrail.kms.service import KmsService, ServiceDeps
 from keytrail.kms.sqlite_store import SqliteStore
 from tests.integration.keystores.wrapping import wrap
+from tests.support.loop_passes import LoopPasses
 
 ACCOUNT = "111122223333"
 DAY = 86400
@@ -132,26 +132,17 @@ async def test_the_sweep_lets_other_work_run_between_slices_of_keys_and_still_do
     deleted = await key()
     await service.execute("ScheduleKeyDeletion", _context(), {"KeyId": deleted, "PendingWindowInDays": 7})
     clock.advance(8 * DAY)
-    loop_passes = 0
-
-    async def other_work() -> None:
-        nonlocal loop_passes
-        while True:
-            loop_passes += 1
-            await asyncio.sleep(0)
-
-    seen: dict[str, int] = {}  # each key the sweep looked at: the other work's passes by then
+    seen: dict[str, int] = {}  # each key the sweep looked at: the loop's passes by then
     apply_due = scheduled_work.apply_due
+    passes = LoopPasses()
 
     async def looked_at(svc: KmsService, found: Key) -> Key | None:
-        seen[found.arn] = loop_passes
+        seen[found.arn] = passes.count
         return await apply_due(svc, found)
 
     monkeypatch.setattr(scheduled_work, "apply_due", looked_at)
-    other = asyncio.create_task(other_work())
-    await asyncio.sleep(0)
-    await service.run_due()
-    other.cancel()
+    async with passes:
+        await service.run_due()
     assert sorted(seen) == sorted([*idle, deleted])
     assert len({seen[arn] for arn in idle}) == 3  # five keys with nothing due, in slices of two
     assert spool.events[-1] == ("DeleteKey", (deleted,))
