@@ -9,6 +9,7 @@ from keytrail.kms.grants import (
     allowed_operations,
     constraints_at_least_as_strict,
     constraints_hold,
+    grant_allows,
     grantee_matches,
     make_grant_token,
     parse_grant_token,
@@ -80,6 +81,7 @@ def test_constraints(
         ({"EncryptionContextEquals": {"a": "1"}}, {"EncryptionContextEquals": {"a": "1"}}, True),
         ({"EncryptionContextEquals": {"a": "1"}}, {"EncryptionContextSubset": {"a": "1"}}, False),
         ({"EncryptionContextEquals": {"a": "1"}}, {"EncryptionContextEquals": {"A": "1"}}, True),
+        ({"EncryptionContextEquals": {"a": "1"}}, {"EncryptionContextEquals": {"a": "2"}}, False),
         ({"EncryptionContextSubset": {"a": "1"}}, {"EncryptionContextSubset": {"A": "1"}}, True),
         ({"EncryptionContextEquals": {}}, None, False),  # an empty context required: none is looser
     ],
@@ -95,6 +97,19 @@ def test_grantee_matching() -> None:
     assert grantee_matches(account_grant, root(), False)
     assert grantee_matches(account_grant, user("alice"), True)
     assert not grantee_matches(account_grant, user("alice"), False)
+
+
+def _create_grant_asking(*operations: str) -> dict[str, object]:
+    """What `grant_allows` is given for a CreateGrant asking for `operations`, unconstrained."""
+    return {"context": {}, "operations": operations, "constraints": None}
+
+
+def test_create_grant_through_a_grant_may_pass_on_its_operations_but_no_other() -> None:
+    parent = grant(f"arn:aws:iam::{ACCOUNT}:user/alice", "Decrypt", "CreateGrant")
+    asked = _create_grant_asking
+    assert grant_allows(parent, "CreateGrant", user("alice"), asked("Decrypt", "CreateGrant"), False)
+    assert grant_allows(parent, "CreateGrant", user("alice"), asked("Decrypt"), False)
+    assert not grant_allows(parent, "CreateGrant", user("alice"), asked("Decrypt", "Encrypt"), False)
 
 
 def test_a_grant_to_a_role_session_names_that_session_and_no_other() -> None:
